@@ -1,0 +1,96 @@
+"""`UNet2DModel` presets for 28x28 images.
+
+Every preset is a plain `UNet2DModel` config, so stock diffusers loads what we save. The down path
+halves the resolution after every block but the last (28 -> 14 -> 7); the up path mirrors it with
+skip connections; the timestep enters through diffusers' sinusoidal embedding and an MLP.
+
+Differences from the reference tutorial's network that `UNet2DModel` forces on the `tutorial` preset:
+- One attention head size for the whole net (`attention_head_dim`): 32 channels per head gives 2, 4 and
+  8 heads at 64, 128 and 256 channels (the tutorial uses 4 heads everywhere).
+- The sinusoidal embedding has `block_out_channels[0]` = 64 dimensions; `time_embedding_dim=128` sets
+  the width of the MLP after it (the tutorial's sinusoid itself is 128-d).
+- The mid block is ResNet, attention, ResNet (the tutorial stacks two such layers), and up blocks hold
+  `layers_per_block + 1` ResNets, one per skip connection.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+_DOWN = ("DownBlock2D", "DownBlock2D", "AttnDownBlock2D")
+_UP = ("AttnUpBlock2D", "UpBlock2D", "UpBlock2D")
+
+PRESETS: dict[str, dict[str, Any]] = {
+    # For tests: a few seconds of CPU training shows the loss fall.
+    "tiny": dict(
+        block_out_channels=(16, 16, 32),
+        layers_per_block=1,
+        down_block_types=_DOWN,
+        up_block_types=_UP,
+        norm_num_groups=8,
+        attention_head_dim=16,
+        time_embedding_dim=32,
+    ),
+    # CPU-friendly: self-attention only at 7x7 and in the mid block.
+    "small": dict(
+        block_out_channels=(32, 64, 64),
+        layers_per_block=1,
+        down_block_types=_DOWN,
+        up_block_types=_UP,
+        norm_num_groups=8,
+        attention_head_dim=32,
+    ),
+    # The reference tutorial's network, for a GPU: attention at every resolution.
+    "tutorial": dict(
+        block_out_channels=(64, 128, 256),
+        layers_per_block=2,
+        down_block_types=("AttnDownBlock2D",) * 3,
+        up_block_types=("AttnUpBlock2D",) * 3,
+        norm_num_groups=32,
+        attention_head_dim=32,
+        time_embedding_dim=128,
+    ),
+}
+
+
+def unet_config(
+    preset: str,
+    sample_size: int = 28,
+    in_channels: int = 1,
+    out_channels: int | None = None,
+    **overrides: Any,
+) -> dict[str, Any]:
+    """Returns the `UNet2DModel` keyword arguments of a preset for the given image geometry.
+
+    Args:
+        preset: a key of `PRESETS`.
+        sample_size: height and width of the images; must survive the preset's downsamplings.
+        in_channels: image channels (1 for MNIST and the textures, 3 for RGB).
+        out_channels: defaults to `in_channels` (epsilon, v and x_0 all have the image's shape).
+        overrides: any other `UNet2DModel` argument, e.g. `dropout=0.1`.
+    """
+    if preset not in PRESETS:
+        raise ValueError(f"model.preset {preset!r} is unknown: choose one of {list(PRESETS)}")
+    config = {**PRESETS[preset], **overrides}
+    num_down = len(config["block_out_channels"]) - 1
+    factor = 2**num_down
+    if sample_size < factor or sample_size % factor:
+        lower = max(factor, sample_size // factor * factor)
+        raise ValueError(
+            f"image size {sample_size} cannot be halved {num_down} times by the {preset!r} UNet "
+            f"(the skip connections would not line up): use a multiple of {factor}, "
+            f"such as {lower} or {lower + factor}, for dataset.image_size"
+        )
+    return dict(
+        sample_size=sample_size,
+        in_channels=in_channels,
+        out_channels=out_channels or in_channels,
+        **config,
+    )
+
+
+def build_unet(preset: str, sample_size: int = 28, in_channels: int = 1, **overrides: Any):
+    """A freshly initialised `diffusers.UNet2DModel` from a preset (see `unet_config`)."""
+    from diffusers import UNet2DModel
+
+    return UNet2DModel(**unet_config(preset, sample_size, in_channels, **overrides))

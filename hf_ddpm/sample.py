@@ -1,0 +1,48 @@
+"""Sample a grid of images from an exported pipeline (a folder or a Hub repo id).
+
+    python -m hf_ddpm.sample --model outputs/ddpm-mnist --sampler ddim --steps 50 --num-images 64 \\
+        --seed 0 --out grid.png
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="python -m hf_ddpm.sample", description=__doc__.splitlines()[0])
+    parser.add_argument(
+        "--model", required=True, help="folder written by training/train.py, or a Hub repo id"
+    )
+    parser.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm-solver"])
+    parser.add_argument(
+        "--steps", type=int, default=None, help="inference steps (default: 1000 for ddpm, else 50)"
+    )
+    parser.add_argument("--num-images", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument("--out", default="grid.png", help="PNG file for the grid")
+    args = parser.parse_args(argv)
+
+    from .pipeline import generate, load_pipeline, save_grid
+
+    steps = args.steps or (1000 if args.sampler == "ddpm" else 50)
+    pipeline = load_pipeline(args.model, args.sampler, args.device)
+    start = time.perf_counter()
+    images = generate(pipeline, args.num_images, steps, args.seed, args.batch_size)
+    seconds = time.perf_counter() - start
+    path = save_grid(images, args.out)
+    per_image = seconds / args.num_images
+    print(f"{args.num_images} images, {args.sampler} {steps} steps, {per_image:.3f} s/image -> {path}")
+
+
+def _cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+import json
+
+import pytest
+import torch
+from diffusers import UNet2DModel
+
+from hf_ddpm.models import PRESETS, build_unet, unet_config
+
+
+def n_params(model):
+    return sum(p.numel() for p in model.parameters())
+
+
+def test_preset_sizes():
+    assert n_params(build_unet("tiny")) < 200_000
+    assert 0.8e6 < n_params(build_unet("small")) < 1.3e6
+
+
+@pytest.mark.parametrize("preset", list(PRESETS))
+@pytest.mark.parametrize("channels", [1, 3])
+def test_forward_keeps_image_shape(preset, channels):
+    model = build_unet(preset, 28, channels)
+    x = torch.randn(2, channels, 28, 28)
+    out = model(x, torch.tensor([0, 999])).sample
+    assert out.shape == x.shape
+    assert torch.isfinite(out).all()
+
+
+def _has_attention(block):
+    return bool(getattr(block, "attentions", None))
+
+
+def test_small_attends_only_at_7x7_and_mid():
+    model = build_unet("small")
+    assert [_has_attention(b) for b in model.down_blocks] == [False, False, True]
+    assert [_has_attention(b) for b in model.up_blocks] == [True, False, False]
+    assert _has_attention(model.mid_block)
+    assert [len(b.resnets) for b in model.down_blocks] == [1, 1, 1]
+    assert model.config.block_out_channels == (32, 64, 64)
+
+
+def test_tutorial_attends_everywhere():
+    model = build_unet("tutorial")
+    assert all(_has_attention(b) for b in [*model.down_blocks, model.mid_block, *model.up_blocks])
+    assert [len(b.resnets) for b in model.down_blocks] == [2, 2, 2]
+    assert model.time_embedding.linear_2.out_features == 128
+    assert model.config.block_out_channels == (64, 128, 256)
+
+
+def test_config_is_plain_unet2dmodel_config(tmp_path):
+    model = build_unet("tiny")
+    model.save_pretrained(tmp_path)
+    assert (tmp_path / "diffusion_pytorch_model.safetensors").is_file()
+    reloaded = UNet2DModel.from_pretrained(tmp_path)
+    public = [k for k in model.config if not k.startswith("_")]
+    assert json.dumps({k: reloaded.config[k] for k in public}) == json.dumps(
+        {k: model.config[k] for k in public}
+    )
+    for (name, a), (_, b) in zip(model.state_dict().items(), reloaded.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("size, suggestion", [(30, "28 or 32"), (6, "4 or 8"), (2, "4 or 8")])
+def test_indivisible_sample_size_fails_when_config_is_built(size, suggestion):
+    with pytest.raises(ValueError, match=f"image size {size}.*multiple of 4, such as {suggestion}"):
+        unet_config("small", sample_size=size)
+
+
+def test_unknown_preset():
+    with pytest.raises(ValueError, match=r"model.preset 'huge'.*\['tiny', 'small', 'tutorial'\]"):
+        unet_config("huge")

@@ -1,0 +1,171 @@
+"""End to end: training/train.py on the real MNIST parquet, through the real `accelerate launch`."""
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+REPO = Path(__file__).resolve().parents[1]
+TRAIN = [str(REPO / "training" / "train.py"), "--config", str(REPO / "training" / "configs" / "tiny.yaml")]
+LAUNCH = [
+    sys.executable,
+    "-m",
+    "accelerate.commands.launch",
+    "--num_processes",
+    "1",
+    "--num_machines",
+    "1",
+    "--mixed_precision",
+    "no",
+    "--dynamo_backend",
+    "no",
+]
+
+
+def run(cmd, cwd, **env):
+    result = subprocess.run(cmd, cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return result
+
+
+def scalars(logdir: Path, tag: str) -> list[float]:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    runs = [p.parent for p in logdir.rglob("events.out.tfevents.*")]
+    assert runs, f"no TensorBoard events under {logdir}"
+    events = EventAccumulator(str(runs[0])).Reload()
+    return [e.value for e in events.Scalars(tag)]
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory, mnist_dir):
+    """The tiny preset, 50 steps on 2,048 real MNIST digits, launched by `accelerate launch`."""
+    out = tmp_path_factory.mktemp("run") / "ddpm-tiny"
+    run(
+        [
+            *LAUNCH,
+            *TRAIN,
+            "--training.output_dir",
+            str(out),
+            "--dataset.path",
+            str(mnist_dir),
+            "--training.report_to",
+            "tensorboard",
+        ],
+        cwd=out.parent,
+    )
+    return out
+
+
+def test_loss_falls_and_outputs_are_written(trained):
+    losses = scalars(trained / "logs", "loss")
+    assert len(losses) == 50
+    assert np.mean(losses[-10:]) < 0.5 * np.mean(losses[:10])
+    for name in [
+        "model_index.json",
+        "unet/diffusion_pytorch_model.safetensors",
+        "unet/config.json",
+        "scheduler/scheduler_config.json",
+        "config.yaml",
+        "samples.png",
+        "checkpoint-50/model.safetensors",
+        "checkpoint-50/unet_ema/diffusion_pytorch_model.safetensors",
+    ]:
+        assert (trained / name).is_file(), name
+    assert not list(trained.rglob("*.partial"))
+    # Only the newest checkpoints_total_limit (2) remain: 25 and 50.
+    assert sorted(p.name for p in trained.glob("checkpoint-*")) == ["checkpoint-25", "checkpoint-50"]
+
+
+def test_exported_unet_holds_the_ema_weights(trained):
+    exported = load_file(trained / "unet/diffusion_pytorch_model.safetensors")
+    ema = load_file(trained / "checkpoint-50/unet_ema/diffusion_pytorch_model.safetensors")
+    raw = load_file(trained / "checkpoint-50/model.safetensors")
+    assert exported.keys() == ema.keys() == raw.keys()
+    assert all(torch.equal(exported[k], ema[k]) for k in exported)
+    assert not all(torch.equal(exported[k], raw[k]) for k in exported)
+
+
+STOCK_SAMPLING = textwrap.dedent(
+    """
+    import sys
+    sys.modules["hf_ddpm"] = None  # stock diffusers alone
+    try:
+        import hf_ddpm
+    except ImportError:
+        pass
+    else:
+        raise SystemExit("hf_ddpm is importable")
+    import numpy as np, torch
+    from diffusers import DDPMPipeline, DDPMScheduler
+    pipe = DDPMPipeline.from_pretrained(sys.argv[1])
+    assert type(pipe.scheduler) is DDPMScheduler
+    images = pipe(batch_size=4, num_inference_steps=sys.argv[3] and int(sys.argv[3]),
+                  generator=torch.Generator().manual_seed(0), output_type="np").images
+    np.save(sys.argv[2], images)
+    """
+)
+
+
+@pytest.mark.parametrize("steps", [20, 1000])
+def test_stock_diffusers_loads_and_samples_like_our_scheduler(trained, tmp_path, steps):
+    out = tmp_path / "stock.npy"
+    run([sys.executable, "-c", STOCK_SAMPLING, str(trained), str(out), str(steps)], cwd=tmp_path)
+    stock = np.load(out)
+    assert stock.shape == (4, 28, 28, 1)
+    assert stock.min() >= 0 and stock.max() <= 1
+
+    from hf_ddpm.pipeline import load_pipeline
+
+    ours = load_pipeline(trained, "ddpm")
+    assert type(ours.scheduler).__name__ == "LinearNoiseScheduler"
+    images = ours(
+        batch_size=4, num_inference_steps=steps, generator=torch.Generator().manual_seed(0), output_type="np"
+    ).images
+    np.testing.assert_allclose(images, stock, atol=1e-5)
+
+
+def test_resume_continues_exactly(tmp_path, mnist_dir):
+    """Kill-free resume check: drop the final checkpoint, resume from the one before, get the same weights."""
+    common = [
+        sys.executable,
+        *TRAIN,
+        "--dataset.path",
+        str(mnist_dir),
+        "--dataset.max_samples",
+        "256",
+        "--training.max_train_steps",
+        "12",
+        "--training.checkpointing_steps",
+        "5",
+        "--training.checkpoints_total_limit",
+        "null",
+        "--training.num_sample_images",
+        "1",
+        "--training.num_inference_steps",
+        "1",
+        "--dataset.random_flip",
+        "true",
+    ]
+    a, b = tmp_path / "a", tmp_path / "b"
+    run([*common, "--training.output_dir", str(a)], cwd=tmp_path)
+    run([*common, "--training.output_dir", str(b)], cwd=tmp_path)
+    # 256 rows / batch 32 = 8 batches per epoch: resuming at step 10 skips 2 batches of epoch 1.
+    for name in ["checkpoint-12", "unet", "model_index.json"]:
+        subprocess.run(["rm", "-r", str(b / name)], check=True)
+    run(
+        [*common, "--training.output_dir", str(b), "--training.resume_from_checkpoint", "latest"],
+        cwd=tmp_path,
+    )
+    for name in ["model.safetensors", "unet_ema/diffusion_pytorch_model.safetensors"]:
+        wa, wb = load_file(a / "checkpoint-12" / name), load_file(b / "checkpoint-12" / name)
+        assert all(torch.equal(wa[k], wb[k]) for k in wa), name
+    ema_config = json.loads((b / "checkpoint-12/unet_ema/config.json").read_text())
+    assert ema_config["optimization_step"] == 12

@@ -1,0 +1,275 @@
+"""Train a DDPM (Ho et al. 2020) on a `datasets` image source and export a stock `DDPMPipeline`.
+
+    accelerate launch training/train.py --config training/configs/mnist.yaml [--SECTION.KEY VALUE ...]
+
+Plain `python training/train.py ...` runs the same loop in one process. Every config key can be
+overridden from the command line, e.g. `--training.max_train_steps 200 --dataset.path /data/mnist`.
+Outputs in `training.output_dir`: `model_index.json`, `unet/`, `scheduler/` (the pipeline, EMA
+weights), `config.yaml` (the resolved config), `samples.png` and `samples/step_*.png` (grids),
+`checkpoint-STEP/` (resumable state) and `logs/` (TensorBoard).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+import os
+import sys
+import time
+from pathlib import Path
+
+import torch
+from accelerate import Accelerator
+from accelerate.logging import get_logger
+from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from diffusers import DDPMPipeline, UNet2DModel
+from diffusers.optimization import get_scheduler
+from diffusers.training_utils import EMAModel
+from safetensors.torch import load_file, save_file
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from hf_ddpm.checkpoints import checkpoint_step, resolve_checkpoint, save_checkpoint
+from hf_ddpm.config import Config, load_config
+from hf_ddpm.data import load_image_dataset, to_model_range
+from hf_ddpm.models import build_unet
+from hf_ddpm.objectives import diffusion_loss
+from hf_ddpm.pipeline import export_pipeline, generate, make_scheduler, save_grid
+from hf_ddpm.scheduler import LinearNoiseScheduler
+
+logger = get_logger(__name__, log_level="INFO")
+
+
+def parse_args(argv: list[str] | None = None) -> Config:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", help="YAML file with sections dataset, model, diffusion, training")
+    args, overrides = parser.parse_known_args(argv)
+    try:
+        return load_config(args.config, overrides)
+    except (ValueError, FileNotFoundError) as err:
+        parser.error(str(err))
+
+
+def main(cfg: Config) -> None:
+    t = cfg.training
+    output_dir = Path(t.output_dir)
+    accelerator = Accelerator(
+        mixed_precision=t.mixed_precision,
+        gradient_accumulation_steps=t.gradient_accumulation_steps,
+        log_with=None if t.report_to == "none" else t.report_to,
+        project_config=ProjectConfiguration(
+            project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
+        ),
+        # Data order depends on the seed and the epoch alone, so a resumed run sees the same batches.
+        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=t.seed),
+    )
+    if accelerator.is_main_process:
+        _check_writable(output_dir)
+        cfg.save(output_dir / "config.yaml")
+    set_seed(t.seed)  # the same initial weights on every process
+
+    dataset, info = load_image_dataset(cfg.dataset, seed=t.seed)
+    unet = build_unet(cfg.model.preset, info.image_size, info.channels, dropout=cfg.model.dropout)
+    scheduler = LinearNoiseScheduler(**dataclasses.asdict(cfg.diffusion))
+    ema = None
+    if t.use_ema:
+        ema = EMAModel(
+            unet.parameters(),
+            decay=t.ema_max_decay,
+            use_ema_warmup=True,
+            inv_gamma=t.ema_inv_gamma,
+            power=t.ema_power,
+            model_cls=UNet2DModel,
+            model_config=unet.config,
+        )
+        ema.to(accelerator.device)
+    optimizer = torch.optim.AdamW(
+        unet.parameters(),
+        lr=t.learning_rate,
+        betas=(t.adam_beta1, t.adam_beta2),
+        weight_decay=t.adam_weight_decay,
+        eps=t.adam_epsilon,
+    )
+    dataloader = DataLoader(
+        dataset,
+        batch_size=t.train_batch_size,
+        shuffle=not cfg.dataset.streaming,
+        drop_last=True,
+        num_workers=t.dataloader_num_workers,
+    )
+    # The prepared LR scheduler steps once per process per optimizer step, hence the scaling.
+    lr_scheduler = get_scheduler(
+        t.lr_scheduler,
+        optimizer,
+        num_warmup_steps=t.lr_warmup_steps * accelerator.num_processes,
+        num_training_steps=t.max_train_steps * accelerator.num_processes,
+    )
+    unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
+    # Timesteps, noise and flips come from this generator, checkpointed with the run (as safetensors).
+    noise_rng = torch.Generator(device=accelerator.device).manual_seed(t.seed + accelerator.process_index)
+    _register_state_hooks(accelerator, ema, noise_rng)
+
+    global_step = 0
+    if t.resume_from_checkpoint:
+        path = resolve_checkpoint(output_dir, t.resume_from_checkpoint)
+        if path is None:
+            logger.info(f"no checkpoint in {output_dir}, starting from scratch")
+        else:
+            accelerator.load_state(str(path))
+            global_step = checkpoint_step(path)
+            logger.info(f"resumed from {path} at step {global_step}")
+
+    if accelerator.is_main_process and t.report_to != "none":
+        accelerator.init_trackers("hf-ddpm", config=_flat_hparams(cfg))
+    logger.info(
+        f"{info.num_rows} images from {info.source}, {info.channels}x{info.image_size}x{info.image_size}; "
+        f"UNet preset {cfg.model.preset!r} with {sum(p.numel() for p in unet.parameters()):,} parameters; "
+        f"{accelerator.num_processes} process(es), global batch "
+        f"{t.train_batch_size * accelerator.num_processes * t.gradient_accumulation_steps}"
+    )
+
+    batches_per_epoch = len(dataloader) if not cfg.dataset.streaming else None
+    consumed = global_step * t.gradient_accumulation_steps
+    epoch, skip = divmod(consumed, batches_per_epoch) if batches_per_epoch else (0, consumed)
+    progress = tqdm(
+        total=t.max_train_steps,
+        initial=global_step,
+        desc="train",
+        disable=not accelerator.is_local_main_process,
+    )
+    unet.train()
+    while global_step < t.max_train_steps:
+        _set_epoch(dataloader, dataset, epoch)
+        batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
+        skip = 0
+        for images, _labels in batches:
+            x0 = to_model_range(images)
+            if cfg.dataset.random_flip:
+                flip = torch.rand(x0.shape[0], generator=noise_rng, device=x0.device) < 0.5
+                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            with accelerator.accumulate(unet):
+                loss = diffusion_loss(unet, scheduler, x0, noise_rng)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients and t.max_grad_norm > 0:
+                    accelerator.clip_grad_norm_(unet.parameters(), t.max_grad_norm)
+                optimizer.step()
+                lr_scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+            if not accelerator.sync_gradients:
+                continue
+
+            global_step += 1
+            if ema is not None:
+                ema.step(unet.parameters())
+            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            if ema is not None:
+                logs["ema_decay"] = ema.cur_decay_value
+            progress.update(1)
+            progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+            accelerator.log(logs, step=global_step)
+
+            if global_step % t.checkpointing_steps == 0 and global_step < t.max_train_steps:
+                save_checkpoint(accelerator, output_dir, global_step, t.checkpoints_total_limit)
+            if global_step % t.save_images_steps == 0 and global_step < t.max_train_steps:
+                _sample_grid(
+                    accelerator, unet, ema, scheduler, cfg, output_dir / f"samples/step_{global_step:06d}.png"
+                )
+            if global_step >= t.max_train_steps:
+                break
+        epoch += 1
+    progress.close()
+
+    save_checkpoint(accelerator, output_dir, global_step, t.checkpoints_total_limit)
+    if accelerator.is_main_process:
+        model = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        export_pipeline(model, scheduler, output_dir)
+        if ema is not None:
+            ema.restore(model.parameters())
+        grid = _sample_grid(accelerator, unet, ema, scheduler, cfg, output_dir / "samples.png")
+        logger.info(f"pipeline saved to {output_dir}, samples in {grid}")
+    accelerator.end_training()
+
+
+def _sample_grid(accelerator, unet, ema, scheduler, cfg: Config, path: Path) -> Path | None:
+    """Samples `num_sample_images` from the EMA weights with a fixed seed (main process only)."""
+    if accelerator.is_main_process:
+        t = cfg.training
+        model = accelerator.unwrap_model(unet)
+        if ema is not None:
+            ema.store(model.parameters())
+            ema.copy_to(model.parameters())
+        model.eval()
+        pipeline = DDPMPipeline(unet=model, scheduler=make_scheduler(t.sampler, scheduler.config))
+        pipeline.set_progress_bar_config(disable=True)
+        start = time.perf_counter()
+        images = generate(pipeline, t.num_sample_images, t.num_inference_steps, seed=t.seed)
+        save_grid(images, path)
+        logger.info(
+            f"wrote {path} ({t.sampler}, {t.num_inference_steps} steps, {time.perf_counter() - start:.0f} s)"
+        )
+        model.train()
+        if ema is not None:
+            ema.restore(model.parameters())
+    accelerator.wait_for_everyone()
+    return path
+
+
+def _register_state_hooks(accelerator: Accelerator, ema: EMAModel | None, noise_rng: torch.Generator) -> None:
+    """Adds the EMA weights and the noise generator to every checkpoint, both as safetensors."""
+    rank = accelerator.process_index
+
+    def save_hook(models, weights, output_dir):
+        if ema is not None and accelerator.is_main_process:
+            ema.save_pretrained(os.path.join(output_dir, "unet_ema"))
+        save_file({"state": noise_rng.get_state()}, os.path.join(output_dir, f"noise_rng_{rank}.safetensors"))
+
+    def load_hook(models, input_dir):
+        if ema is not None:
+            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "unet_ema"), model_cls=UNet2DModel)
+            ema.load_state_dict(loaded.state_dict())
+            ema.to(accelerator.device)
+        noise_rng.set_state(load_file(os.path.join(input_dir, f"noise_rng_{rank}.safetensors"))["state"])
+
+    accelerator.register_save_state_pre_hook(save_hook)
+    accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _set_epoch(dataloader, dataset, epoch: int) -> None:
+    # The seedable sampler reshuffles per epoch; a streaming dataset reshuffles its buffer per epoch.
+    if hasattr(dataloader, "set_epoch"):
+        dataloader.set_epoch(epoch)
+    if hasattr(dataset, "set_epoch"):
+        dataset.set_epoch(epoch)
+
+
+def _check_writable(output_dir: Path) -> None:
+    try:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        probe = output_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as err:
+        sys.exit(
+            f"error: training.output_dir {output_dir} is not writable ({err.strerror}): choose another one"
+        )
+
+
+def _flat_hparams(cfg: Config) -> dict:
+    """TensorBoard's hparams take scalars only: `section.key` -> value, None dropped."""
+    flat = {}
+    for section, values in cfg.to_dict().items():
+        for key, value in values.items():
+            if isinstance(value, (int, float, str, bool)):
+                flat[f"{section}.{key}"] = value
+    return flat
+
+
+if __name__ == "__main__":
+    logging.basicConfig(
+        format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO
+    )
+    main(parse_args())
