@@ -21,7 +21,7 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 
 train: install
 	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		training/train.py --config $(CONFIG) $(ARGS)
+		--num_cpu_threads_per_process $(shell nproc) training/train.py --config $(CONFIG) $(ARGS)
 
 test: install
 	$(BIN)/pytest -q

@@ -94,6 +94,16 @@ class TrainingConfig:
     sampler: Literal["ddpm", "ddim", "dpm-solver"] = "ddpm"
     num_inference_steps: int = 1000
     report_to: Literal["tensorboard", "none"] = "tensorboard"
+    # The Hub, as in diffusers' training examples: at the end, the main process uploads the pipeline, the
+    # model card (README.md), samples.png and config.yaml (see hf_ddpm/hub.py).
+    push_to_hub: bool = False
+    # `org/name`, or `name` for the token's user; default: the output folder's name.
+    hub_model_id: str | None = None
+    hub_private_repo: bool = False
+    # A write token; None uses $HF_TOKEN or the saved `hf auth login`. Never written anywhere (see to_dict).
+    hub_token: str | None = None
+    # Licence of the weights in the model card. Data with unclear rights (textures) always get "other".
+    hub_license: str = "apache-2.0"
 
 
 @dataclass
@@ -104,7 +114,11 @@ class Config:
     training: TrainingConfig = field(default_factory=TrainingConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
-        return dataclasses.asdict(self)
+        """The config as nested dicts, with secrets blanked: config.yaml, TensorBoard's hparams and the model
+        card are all written from here, and the token must reach none of them (null means $HF_TOKEN)."""
+        values = dataclasses.asdict(self)
+        values["training"]["hub_token"] = None
+        return values
 
     def save(self, path: str | Path) -> None:
         Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))

@@ -29,7 +29,10 @@ def main(argv: list[str] | None = None) -> None:
     from .pipeline import generate, load_pipeline, save_grid
 
     steps = args.steps or (1000 if args.sampler == "ddpm" else 50)
-    pipeline = load_pipeline(args.model, args.sampler, args.device)
+    try:
+        pipeline = load_pipeline(args.model, args.sampler, args.device)
+    except (ValueError, OSError) as err:
+        parser.error(str(err))
     start = time.perf_counter()
     images = generate(pipeline, args.num_images, steps, args.seed, args.batch_size)
     seconds = time.perf_counter() - start

@@ -169,3 +169,85 @@ def test_resume_continues_exactly(tmp_path, mnist_dir):
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     ema_config = json.loads((b / "checkpoint-12/unet_ema/config.json").read_text())
     assert ema_config["optimization_step"] == 12
+
+
+def test_lr_schedule_counts_optimizer_steps(tmp_path, mnist_dir):
+    """With gradient accumulation the warmup and cosine decay follow optimizer steps, not batches."""
+    out = tmp_path / "accum"
+    run(
+        [
+            sys.executable,
+            *TRAIN,
+            "--training.output_dir",
+            str(out),
+            "--dataset.path",
+            str(mnist_dir),
+            "--dataset.max_samples",
+            "128",
+            "--training.train_batch_size",
+            "8",
+            "--training.gradient_accumulation_steps",
+            "3",
+            "--training.max_train_steps",
+            "6",
+            "--training.lr_warmup_steps",
+            "2",
+            "--training.learning_rate",
+            "1e-3",
+            "--training.use_ema",
+            "false",
+            "--training.num_sample_images",
+            "1",
+            "--training.num_inference_steps",
+            "1",
+            "--training.report_to",
+            "tensorboard",
+        ],
+        cwd=tmp_path,
+    )
+    lrs = scalars(out / "logs", "lr")
+    assert len(lrs) == 6
+    assert lrs[:2] == pytest.approx([5e-4, 1e-3])  # linear warmup over 2 optimizer steps
+    assert lrs[2] == pytest.approx(1e-3 * 0.5 * (1 + np.cos(np.pi / 4)), rel=1e-5)  # cosine over the other 4
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+
+
+def test_sample_cli_writes_a_grid(trained, tmp_path):
+    from PIL import Image
+
+    out = tmp_path / "grid.png"
+    result = run(
+        [
+            sys.executable,
+            "-m",
+            "hf_ddpm.sample",
+            "--model",
+            str(trained),
+            "--sampler",
+            "dpm-solver",
+            "--steps",
+            "5",
+            "--num-images",
+            "4",
+            "--out",
+            str(out),
+        ],
+        cwd=tmp_path,
+    )
+    assert "dpm-solver 5 steps" in result.stdout
+    grid = Image.open(out)
+    assert grid.mode == "L" and grid.size == (2 + 2 * 30, 2 + 2 * 30)  # 2x2 images of 28 px, 2 px padding
+
+
+def test_sample_cli_rejects_a_folder_without_a_pipeline(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_ddpm.sample", "--model", str(tmp_path)], capture_output=True, text=True
+    )
+    assert result.returncode == 2
+    assert "holds no model_index.json" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_import_is_cheap():
+    code = "import sys, hf_ddpm; print(sorted({'torch', 'diffusers', 'datasets'} & set(sys.modules)))"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"

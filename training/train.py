@@ -6,7 +6,7 @@ Plain `python training/train.py ...` runs the same loop in one process. Every co
 overridden from the command line, e.g. `--training.max_train_steps 200 --dataset.path /data/mnist`.
 Outputs in `training.output_dir`: `model_index.json`, `unet/`, `scheduler/` (the pipeline, EMA
 weights), `config.yaml` (the resolved config), `samples.png` and `samples/step_*.png` (grids),
-`checkpoint-STEP/` (resumable state) and `logs/` (TensorBoard).
+`README.md` (the model card), `checkpoint-STEP/` (resumable state) and `logs/` (TensorBoard).
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ from tqdm.auto import tqdm
 from hf_ddpm.checkpoints import checkpoint_step, resolve_checkpoint, save_checkpoint
 from hf_ddpm.config import Config, load_config
 from hf_ddpm.data import load_image_dataset, to_model_range
+from hf_ddpm.hub import HubPushError, create_repo, push_to_hub
+from hf_ddpm.model_card import RunInfo, describe_hardware, write_model_card
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss
 from hf_ddpm.pipeline import export_pipeline, generate, make_scheduler, save_grid
@@ -52,6 +54,7 @@ def parse_args(argv: list[str] | None = None) -> Config:
 
 
 def main(cfg: Config) -> None:
+    start = time.perf_counter()  # the wall time in the model card
     t = cfg.training
     output_dir = Path(t.output_dir)
     accelerator = Accelerator(
@@ -64,9 +67,17 @@ def main(cfg: Config) -> None:
         # Data order depends on the seed and the epoch alone, so a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=t.seed),
     )
+    repo_id = t.hub_model_id
     if accelerator.is_main_process:
         _check_writable(output_dir)
         cfg.save(output_dir / "config.yaml")
+        if t.push_to_hub:
+            # Before training, as diffusers' examples do, so a bad token or endpoint fails in seconds;
+            # it also gives the card the full id of a bare `name`.
+            try:
+                repo_id = create_repo(t.hub_model_id or output_dir.name, t.hub_private_repo, t.hub_token)
+            except HubPushError as err:
+                sys.exit(f"error: {err}")
     set_seed(t.seed)  # the same initial weights on every process
 
     dataset, info = load_image_dataset(cfg.dataset, seed=t.seed)
@@ -181,16 +192,31 @@ def main(cfg: Config) -> None:
     progress.close()
 
     save_checkpoint(accelerator, output_dir, global_step, t.checkpoints_total_limit)
+    model = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.copy_to(model.parameters())  # training is over: the EMA weights are the model from here on
     if accelerator.is_main_process:
-        model = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
         export_pipeline(model, scheduler, output_dir)
-        if ema is not None:
-            ema.restore(model.parameters())
-        grid = _sample_grid(accelerator, unet, ema, scheduler, cfg, output_dir / "samples.png")
-        logger.info(f"pipeline saved to {output_dir}, samples in {grid}")
+    grid = _sample_grid(accelerator, unet, ema, scheduler, cfg, output_dir / "samples.png")
+    if accelerator.is_main_process:
+        run = RunInfo(
+            wall_time_s=time.perf_counter() - start,
+            hardware=describe_hardware(accelerator.device),
+            num_processes=accelerator.num_processes,
+            steps=global_step,
+            num_images=info.num_rows,
+            data_source=info.source,
+        )
+        try:
+            card = write_model_card(output_dir, cfg, run, repo_id)
+            logger.info(f"pipeline saved to {output_dir}, samples in {grid}, model card {card}")
+            if t.push_to_hub:
+                url = push_to_hub(output_dir, repo_id, t.hub_private_repo, t.hub_token)
+                logger.info(f"pushed to {url}")
+        except HubPushError as err:
+            sys.exit(
+                f"error: {err}; the run is saved, push it with: python -m hf_ddpm.hub push {output_dir} ID"
+            )
     accelerator.end_training()
 
 

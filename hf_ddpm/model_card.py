@@ -1,0 +1,317 @@
+"""The model card (`README.md`) of a trained pipeline, rendered from `model_cards/ddpm.md` with
+huggingface_hub's `ModelCard`: Hub metadata, the sample grid, a usage snippet for stock diffusers, the
+training run, the scheduler and UNet, evaluation numbers when `eval.json` exists, and the data's licence.
+
+Everything is read from what the run left in its output folder (`unet/config.json`, the weights,
+`scheduler/scheduler_config.json`, `samples.png`, `eval.json`) plus the config and a `RunInfo`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import platform
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from .config import Config
+
+logger = logging.getLogger(__name__)
+
+TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "ddpm.md"
+
+# Data whose rights rule out an open licence for weights trained on it, by the data set's short name
+# (last part of dataset.name, dataset.path or the folder the rows came from). See shared/data/README.md.
+RESTRICTED_DATA = {
+    "textures": (
+        "The training images are patches of the Brodatz texture album (Phil Brodatz, *Textures: A "
+        "Photographic Album for Artists and Designers*, Dover, 1966). The photographs come from a "
+        "copyrighted book and the redistribution status of the digitised plates has never been clear, so "
+        "these weights are published without an open licence (`license: other`). Treat them as a research "
+        "artefact and check the rights yourself before any other use."
+    ),
+}
+DATA_NOTES = {
+    "mnist": (
+        "MNIST is by Yann LeCun, Corinna Cortes and Christopher J.C. Burges (derived from NIST Special "
+        "Databases 1 and 3). Licence statements for the data differ by redistributor (CC BY-SA 3.0 in "
+        "TensorFlow's documentation; Hub copies are commonly tagged MIT); cite LeCun et al. when you use it."
+    ),
+}
+DATA_DESCRIPTIONS = {"mnist": "handwritten digits (MNIST)", "textures": "Brodatz texture patches"}
+SAMPLER_CLASSES = {"ddpm": None, "ddim": "DDIMScheduler", "dpm-solver": "DPMSolverMultistepScheduler"}
+SAMPLER_NAMES = {"ddpm": "DDPM ancestral sampling", "ddim": "DDIM", "dpm-solver": "DPM-Solver++"}
+
+
+@dataclass
+class RunInfo:
+    """What the card needs to know about a finished run that the config does not say."""
+
+    wall_time_s: float  # from the start of training/train.py to the end of the export
+    hardware: str  # `describe_hardware(accelerator.device)`
+    num_processes: int
+    steps: int  # optimizer steps done
+    num_images: int | None  # training images used (None: streamed, unknown)
+    data_source: str  # local folder or Hub id the rows came from (not printed: it may be a private path)
+
+
+def describe_hardware(device: Any) -> str:
+    """`NVIDIA H100 80GB HBM3`, or the CPU model and the cores this process may use."""
+    import torch
+
+    if getattr(device, "type", str(device)) == "cuda":
+        return torch.cuda.get_device_name(device)
+    if getattr(device, "type", str(device)) == "mps":
+        return f"Apple silicon GPU (MPS), {platform.machine()}"
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return f"{_cpu_model()}, {cores} CPU core{'s' if cores != 1 else ''}"
+
+
+def write_model_card(
+    output_dir: str | Path, cfg: Config, run: RunInfo, repo_id: str | None = None, template: Path = TEMPLATE
+) -> Path:
+    """Renders the card of the pipeline in `output_dir` and writes it as `output_dir/README.md`.
+
+    `repo_id` is what the usage snippet loads; default `training.hub_model_id`, else the output folder.
+    """
+    from huggingface_hub import ModelCard, ModelCardData
+
+    folder = Path(output_dir)
+    unet = json.loads((folder / "unet" / "config.json").read_text())
+    scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    name = cfg.dataset.name or Path(run.data_source).name
+    short = _short_names(cfg, run)
+    restricted = next((RESTRICTED_DATA[k] for k in short if k in RESTRICTED_DATA), None)
+    licence = "other" if restricted else cfg.training.hub_license
+    if restricted and cfg.training.hub_license != "other":
+        logger.warning(
+            f"model card: license 'other', not {cfg.training.hub_license!r}: {name} has unclear rights"
+        )
+
+    repo_id = repo_id or cfg.training.hub_model_id
+    parameters = _count_parameters(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    data = ModelCardData(
+        library_name="diffusers",
+        pipeline_tag="unconditional-image-generation",
+        license=licence,
+        datasets=[name] if "/" in name else None,
+        tags=[
+            "diffusers",
+            "diffusers:DDPMPipeline",
+            "ddpm",
+            "hf-ddpm",
+            "unconditional-image-generation",
+            name,
+        ],
+    )
+    card = ModelCard.from_template(
+        data,
+        template_path=str(template),
+        title=(repo_id or cfg.training.output_dir).rstrip("/").split("/")[-1],
+        summary=_summary(cfg, unet, scheduler, parameters, name, short),
+        samples=_samples_caption(cfg) if (folder / "samples.png").is_file() else None,
+        usage=_usage(cfg, repo_id or cfg.training.output_dir, unet),
+        training=_training_rows(cfg, run, unet, name),
+        scheduler=_scheduler_rows(scheduler),
+        unet=_unet_rows(cfg, unet, parameters),
+        evaluation=_evaluation_rows(folder / "eval.json"),
+        licence=_licence_text(licence, restricted, short),
+    )
+    path = folder / "README.md"
+    partial = path.with_name(path.name + ".partial")
+    partial.write_text(str(card).rstrip("\n") + "\n", encoding="utf-8")
+    partial.replace(path)
+    return path
+
+
+def _short_names(cfg: Config, run: RunInfo) -> list[str]:
+    names = [cfg.dataset.name, cfg.dataset.path, run.data_source]
+    return [Path(n.rstrip("/")).name.lower() for n in names if n]
+
+
+def _summary(cfg: Config, unet: dict, scheduler: dict, parameters: int, name: str, short: list[str]) -> str:
+    kind = next((DATA_DESCRIPTIONS[k] for k in short if k in DATA_DESCRIPTIONS), f"the images of {name}")
+    colour = "grayscale" if unet["in_channels"] == 1 else "RGB"
+    target = {"epsilon": "the noise ε", "v_prediction": "v", "sample": "x_0"}[scheduler["prediction_type"]]
+    ema = cfg.training.use_ema
+    weights = "an exponential moving average (EMA) of the training weights" if ema else "the final weights"
+    return (
+        f"An unconditional image generator: a denoising diffusion probabilistic model (DDPM, "
+        f"[Ho et al. 2020](https://arxiv.org/abs/2006.11239)) that turns Gaussian noise into "
+        f"{unet['sample_size']}x{unet['sample_size']} {colour} images of {kind}. The network is a "
+        f"`UNet2DModel` (hf-ddpm's `{cfg.model.preset}` preset, {parameters:,} parameters) that predicts "
+        f"{target} under a {scheduler['beta_schedule']} noise schedule of {scheduler['num_train_timesteps']} "
+        f"steps. It was trained with hf-ddpm (diffusers, accelerate, datasets) and is saved as a stock "
+        f"`DDPMPipeline` holding {weights}."
+    )
+
+
+def _samples_caption(cfg: Config) -> str:
+    t = cfg.training
+    return (
+        f"{t.num_sample_images} samples from these weights: {SAMPLER_NAMES[t.sampler]}, "
+        f"{t.num_inference_steps} steps, seed {t.seed}"
+    )
+
+
+def _usage(cfg: Config, repo_id: str, unet: dict) -> str:
+    """Python that loads the pipeline and samples it the way `samples.png` was made (sampler, steps)."""
+    t = cfg.training
+    scheduler_class = SAMPLER_CLASSES[t.sampler]
+    imports = ", ".join(c for c in (scheduler_class, "DDPMPipeline") if c)
+    steps = (
+        ""
+        if t.sampler == "ddpm" and t.num_inference_steps == 1000
+        else f", num_inference_steps={t.num_inference_steps}"
+    )
+    size, mode = unet["sample_size"], "L" if unet["in_channels"] == 1 else "RGB"
+    lines = [
+        "import torch",
+        f"from diffusers import {imports}",
+        "",
+        f'pipeline = DDPMPipeline.from_pretrained("{repo_id}")',
+        f"pipeline.scheduler = {scheduler_class}.from_config(pipeline.scheduler.config)"
+        if scheduler_class
+        else "",
+        f"images = pipeline(batch_size=16{steps}, generator=torch.Generator().manual_seed(0)).images",
+        f'images[0].save("sample.png")  # PIL images, mode {mode}, {size}x{size}',
+    ]
+    return "\n".join(line for i, line in enumerate(lines) if line or i == 2)
+
+
+def _training_rows(cfg: Config, run: RunInfo, unet: dict, name: str) -> list[tuple[str, str]]:
+    t = cfg.training
+    source = f"[{name}](https://huggingface.co/datasets/{name})" if "/" in name else f"`{name}`"
+    if run.data_source != name:
+        source += " (a local copy)"
+    images = f", {run.num_images:,} images" if run.num_images else ""
+    global_batch = t.train_batch_size * run.num_processes * t.gradient_accumulation_steps
+    epochs = f" ({run.steps * global_batch / run.num_images:.1f} epochs)" if run.num_images else ""
+    batch = f"{global_batch}"
+    if global_batch != t.train_batch_size:
+        batch += (
+            f" ({t.train_batch_size} per process x {run.num_processes} processes x "
+            f"{t.gradient_accumulation_steps} accumulation steps)"
+        )
+    warmup = f", {t.lr_warmup_steps} warmup steps" if t.lr_warmup_steps else ""
+    ema = (
+        f"yes: decay up to {t.ema_max_decay} (warmup 1 - (1 + step / {t.ema_inv_gamma:g})^-{t.ema_power:g})"
+        if t.use_ema
+        else "no"
+    )
+    loss = {"epsilon": "MSE on the noise (L_simple)", "v_prediction": "MSE on v", "sample": "MSE on x_0"}
+    return [
+        ("Dataset", f"{source}, split `{cfg.dataset.split}`{images}"),
+        ("Image size", f"{unet['in_channels']}x{unet['sample_size']}x{unet['sample_size']}"),
+        ("Random flips", "yes" if cfg.dataset.random_flip else "no"),
+        ("Steps", f"{run.steps:,} optimizer steps{epochs}"),
+        ("Batch", batch),
+        ("Learning rate", f"{t.learning_rate:g}, {t.lr_scheduler} schedule{warmup}"),
+        (
+            "Optimizer",
+            f"AdamW (betas {t.adam_beta1:g}, {t.adam_beta2:g}; weight decay {t.adam_weight_decay:g}), "
+            f"gradient clipping at {t.max_grad_norm:g}",
+        ),
+        ("Loss", loss[cfg.diffusion.prediction_type]),
+        ("EMA", ema),
+        ("Precision", "fp32" if t.mixed_precision == "no" else f"{t.mixed_precision} mixed precision"),
+        ("Hardware", f"{run.hardware}; {run.num_processes} process{'es' if run.num_processes > 1 else ''}"),
+        ("Wall time", _duration(run.wall_time_s)),
+        ("Seed", str(t.seed)),
+        ("Software", _versions()),
+    ]
+
+
+def _scheduler_rows(s: dict) -> list[tuple[str, str]]:
+    clip = f"to ±{s.get('clip_sample_range', 1.0):g}" if s.get("clip_sample") else "no"
+    return [
+        ("Training timesteps", str(s["num_train_timesteps"])),
+        ("β schedule", f"{s['beta_schedule']}, {s['beta_start']:g} to {s['beta_end']:g}"),
+        ("Variance", f"`{s['variance_type']}`"),
+        ("Prediction", f"`{s['prediction_type']}`"),
+        ("x_0 clipping", clip),
+        ("Timestep spacing", f"`{s.get('timestep_spacing', 'leading')}`"),
+    ]
+
+
+def _unet_rows(cfg: Config, u: dict, parameters: int) -> list[tuple[str, str]]:
+    return [
+        ("Preset", f"`{cfg.model.preset}`, {parameters:,} parameters"),
+        ("Input / output", f"{u['in_channels']} / {u['out_channels']} channels, {u['sample_size']} px"),
+        ("Channels per resolution", " / ".join(str(c) for c in u["block_out_channels"])),
+        ("ResNet blocks per resolution", str(u["layers_per_block"])),
+        ("Down blocks", ", ".join(f"`{b}`" for b in u["down_block_types"])),
+        ("Up blocks", ", ".join(f"`{b}`" for b in u["up_block_types"])),
+        ("Dropout", f"{u.get('dropout', cfg.model.dropout):g}"),
+    ]
+
+
+def _evaluation_rows(path: Path) -> list[tuple[str, str]] | None:
+    """`eval.json`'s numbers, nested keys joined with dots; None (no section) when the file is absent."""
+    if not path.is_file():
+        return None
+    try:
+        values = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as err:
+        logger.warning(f"model card: {path} is not readable JSON ({err}); no evaluation section")
+        return None
+    rows: list[tuple[str, str]] = []
+
+    def walk(prefix: str, value: Any) -> None:
+        if isinstance(value, dict):
+            for key, sub in value.items():
+                walk(f"{prefix}.{key}" if prefix else str(key), sub)
+        elif isinstance(value, float):
+            rows.append((prefix, f"{value:.4g}"))
+        elif isinstance(value, (int, str, bool)):
+            rows.append((prefix, str(value)))
+
+    walk("", values)
+    return rows or None
+
+
+def _licence_text(licence: str, restricted: str | None, short: list[str]) -> str:
+    if restricted:
+        return restricted
+    note = next((DATA_NOTES[k] for k in short if k in DATA_NOTES), "")
+    return f"The weights are released under `{licence}`. {note}".strip()
+
+
+def _count_parameters(weights: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(weights), framework="np") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    if hours:
+        return f"{hours} h {minutes:02d} min"
+    return f"{minutes} min {secs:02d} s" if minutes else f"{secs} s"
+
+
+def _versions() -> str:
+    names = ["hf-ddpm", "diffusers", "torch", "accelerate"]
+    found = []
+    for name in names:
+        try:
+            found.append(f"{name} {metadata.version(name)}")
+        except metadata.PackageNotFoundError:
+            pass
+    return ", ".join(found)
+
+
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine() or "unknown CPU"
