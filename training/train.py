@@ -197,7 +197,8 @@ def main(cfg: Config) -> None:
         ema.copy_to(model.parameters())  # training is over: the EMA weights are the model from here on
     if accelerator.is_main_process:
         export_pipeline(model, scheduler, output_dir)
-    grid = _sample_grid(accelerator, unet, ema, scheduler, cfg, output_dir / "samples.png")
+    # ema=None: the model already holds the EMA weights, no swap needed.
+    grid = _sample_grid(accelerator, unet, None, scheduler, cfg, output_dir / "samples.png")
     if accelerator.is_main_process:
         run = RunInfo(
             wall_time_s=time.perf_counter() - start,
@@ -207,16 +208,15 @@ def main(cfg: Config) -> None:
             num_images=info.num_rows,
             data_source=info.source,
         )
-        try:
-            card = write_model_card(output_dir, cfg, run, repo_id)
-            logger.info(f"pipeline saved to {output_dir}, samples in {grid}, model card {card}")
-            if t.push_to_hub:
+        card = write_model_card(output_dir, cfg, run, repo_id)
+        logger.info(f"pipeline saved to {output_dir}, samples in {grid}, model card {card}")
+        if t.push_to_hub:
+            try:
                 url = push_to_hub(output_dir, repo_id, t.hub_private_repo, t.hub_token)
-                logger.info(f"pushed to {url}")
-        except HubPushError as err:
-            sys.exit(
-                f"error: {err}; the run is saved, push it with: python -m hf_ddpm.hub push {output_dir} ID"
-            )
+            except HubPushError as err:
+                retry = f"python -m hf_ddpm.hub push {output_dir} ID"
+                sys.exit(f"error: {err}; the run is saved, push it with: {retry}")
+            logger.info(f"pushed to {url}")
     accelerator.end_training()
 
 
