@@ -76,6 +76,9 @@ class TrainingConfig:
     adam_weight_decay: float = 0.0
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
+    # Min-SNR loss weighting (Hang et al. 2023): each timestep's loss is weighted by
+    # min(SNR_t, gamma) / SNR_t (epsilon target; see objectives.py). None: plain L_simple.
+    snr_gamma: float | None = None
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
     # Exponential moving average of the weights, with the warmup of diffusers' `EMAModel`
     # (decay = 1 - (1 + step / inv_gamma) ** -power, capped at max_decay).
@@ -94,6 +97,15 @@ class TrainingConfig:
     sampler: Literal["ddpm", "ddim", "dpm-solver"] = "ddpm"
     num_inference_steps: int = 1000
     report_to: Literal["tensorboard", "none"] = "tensorboard"
+    # Every `eval_every` steps (0: never), sample `eval_num_images` from the EMA weights with a fast sampler
+    # and score them with the data set's classifier (hf_ddpm.metrics): logged as eval/*, appended to
+    # eval_log.jsonl, and the best classifier-FID so far is exported to OUTPUT_DIR/best/.
+    eval_every: int = 0
+    eval_num_images: int = 500
+    eval_sampler: Literal["ddpm", "ddim", "dpm-solver"] = "dpm-solver"
+    eval_num_inference_steps: int = 20
+    # A classifier folder; None: checkpoints/classifier-<last part of the dataset name>.
+    eval_classifier: str | None = None
     # The Hub, as in diffusers' training examples: at the end, the main process uploads the pipeline, the
     # model card (README.md), samples.png and config.yaml (see hf_ddpm/hub.py).
     push_to_hub: bool = False
@@ -188,6 +200,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
         raise ValueError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
     if origin is Literal:
         choices = typing.get_args(annotation)
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `no` (mixed_precision: no) as False: map it back to the word meant.
+            words = ("yes", "on", "true") if value else ("no", "off", "false")
+            value = next((w for w in words if w in choices), value)
         if value not in choices:
             raise ValueError(f"{key}: got {value!r}, allowed values are {list(choices)}")
         return value

@@ -599,3 +599,24 @@ def _streamed_num_rows(ds: datasets.IterableDataset, source: str, cfg: DatasetCo
     if num_rows is not None and cfg.max_samples is not None:
         num_rows = min(num_rows, cfg.max_samples)
     return num_rows
+
+
+def load_labeled_split(
+    dataset: str, split: str, max_samples: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """uint8 images (N, C, H, W), int64 labels (N,) and class names of one split, for the metrics.
+
+    `dataset` is a local folder or a name resolved like `dataset.name` (`mnist` reads
+    `$HF_DDPM_DATA_DIR/mnist`).
+    """
+    local = Path(dataset).expanduser()
+    cfg = DatasetConfig(name=None, path=str(local)) if local.is_dir() else DatasetConfig(name=dataset)
+    cfg.split, cfg.max_samples = split, max_samples
+    ds = load_split(resolve_source(cfg), split)
+    images, labels = decode_split(ds, cfg, progress=False)
+    names = class_names(ds.features, cfg.label_column)
+    if names is None or (labels < 0).any():
+        raise ValueError(
+            f"{dataset} ({split}) has no ClassLabel column {cfg.label_column!r}; metrics need labels"
+        )
+    return images, labels, names

@@ -19,7 +19,7 @@ import sys
 from pathlib import Path
 
 # The files of a push, relative to the output folder; unet/ and scheduler/ go in whole.
-TOP_LEVEL_FILES = ("model_index.json", "README.md", "samples.png", "config.yaml")
+TOP_LEVEL_FILES = ("model_index.json", "README.md", "samples.png", "config.yaml", "eval.json")
 FOLDERS = ("unet", "scheduler")
 
 

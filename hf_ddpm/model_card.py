@@ -8,6 +8,7 @@ Everything is read from what the run left in its output folder (`unet/config.jso
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import math
@@ -248,6 +249,26 @@ def _unet_rows(cfg: Config, u: dict, parameters: int) -> list[tuple[str, str]]:
         ("Up blocks", ", ".join(f"`{b}`" for b in u["up_block_types"])),
         ("Dropout", f"{u.get('dropout', cfg.model.dropout):g}"),
     ]
+
+
+def save_run_info(output_dir: str | Path, run: RunInfo) -> None:
+    """Keeps the run's facts beside the card (`run_info.json`, not uploaded), so it can be re-rendered."""
+    (Path(output_dir) / "run_info.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+
+
+def refresh_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path | None:
+    """Re-renders `README.md` from `config.yaml` and `run_info.json` (after `eval.json` changed); None when
+    the folder was not written by training/train.py. `repo_id`: what the usage snippet loads."""
+    import yaml
+
+    from .config import from_dict
+
+    folder = Path(output_dir)
+    if not (folder / "config.yaml").is_file() or not (folder / "run_info.json").is_file():
+        return None
+    cfg = from_dict(yaml.safe_load((folder / "config.yaml").read_text()))
+    run = RunInfo(**json.loads((folder / "run_info.json").read_text()))
+    return write_model_card(folder, cfg, run, repo_id)
 
 
 def _evaluation_rows(path: Path) -> list[tuple[str, str]] | None:

@@ -7,7 +7,11 @@ import torch.nn.functional as F
 
 
 def diffusion_loss(
-    model, scheduler, x0: torch.Tensor, generator: torch.Generator | None = None
+    model,
+    scheduler,
+    x0: torch.Tensor,
+    generator: torch.Generator | None = None,
+    snr_gamma: float | None = None,
 ) -> torch.Tensor:
     """Mean squared error between the model's prediction and its target, at a random timestep per image.
 
@@ -19,6 +23,9 @@ def diffusion_loss(
             paper's L_simple), `v_prediction` (Salimans & Ho 2022) or `sample` (x_0 itself).
         x0: clean images in [-1, 1], shape (batch, channels, height, width).
         generator: draws t and eps, so a seeded generator makes the loss reproducible.
+        snr_gamma: Min-SNR weighting (Hang et al. 2023): every target is weighted so that its loss
+            equals the x_0 loss times min(SNR_t, gamma), which stops the easy low-noise steps from
+            dominating. None: the unweighted loss.
     """
     batch = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -34,4 +41,26 @@ def diffusion_loss(
     else:
         target = x0
     prediction = model(noisy, timesteps).sample
-    return F.mse_loss(prediction.float(), target.float())
+    if snr_gamma is None:
+        return F.mse_loss(prediction.float(), target.float())
+    per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+    return (per_image * min_snr_weight(scheduler, timesteps, snr_gamma)).mean()
+
+
+def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
+    """Per-timestep weights (batch,) of Min-SNR-gamma for the scheduler's prediction type.
+
+    With SNR_t = alpha_bar_t / (1 - alpha_bar_t), the x_0 error is the epsilon error / SNR_t and the
+    v error / (SNR_t + 1); dividing by that factor turns min(SNR_t, gamma) on x_0 into each target's weight.
+    """
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    clipped = snr.clamp(max=gamma)
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        weight = clipped / snr
+    elif prediction_type == "v_prediction":
+        weight = clipped / (snr + 1)
+    else:
+        weight = clipped
+    return weight.float()

@@ -62,6 +62,17 @@ def test_yaml_exponent_without_dot_is_a_float(tmp_path):
     assert load_config(path).training.learning_rate == pytest.approx(1e-4)
 
 
+def test_bare_yaml_no_is_the_word_no(tmp_path):
+    # YAML 1.1 reads `no` as False; `mixed_precision: no` must still mean the choice "no".
+    path = tmp_path / "c.yaml"
+    path.write_text("training:\n  mixed_precision: bf16\n")
+    assert load_config(path, ["--training.mixed_precision", "no"]).training.mixed_precision == "no"
+    path.write_text("training:\n  mixed_precision: no\n")
+    assert load_config(path).training.mixed_precision == "no"
+    with pytest.raises(ValueError, match="training.report_to"):
+        load_config(None, ["--training.report_to", "yes"])
+
+
 @pytest.mark.parametrize(
     "overrides, match",
     [

@@ -58,6 +58,12 @@ def trained(tmp_path_factory, mnist_dir):
             str(mnist_dir),
             "--training.report_to",
             "tensorboard",
+            "--training.eval_every",
+            "25",
+            "--training.eval_num_images",
+            "64",
+            "--training.eval_num_inference_steps",
+            "5",
         ],
         cwd=out.parent,
     )
@@ -82,6 +88,28 @@ def test_loss_falls_and_outputs_are_written(trained):
     assert not list(trained.rglob("*.partial"))
     # Only the newest checkpoints_total_limit (2) remain: 25 and 50.
     assert sorted(p.name for p in trained.glob("checkpoint-*")) == ["checkpoint-25", "checkpoint-50"]
+
+
+def test_eval_every_logs_metrics_and_keeps_the_best_pipeline(trained):
+    records = [json.loads(line) for line in (trained / "eval_log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in records] == [25, 50]
+    assert records[1]["train_minutes"] > records[0]["train_minutes"] > 0
+    for r in records:
+        assert 0 <= r["legibility"] <= 1 and 0 <= r["class_entropy"] <= np.log(10) + 1e-9
+    assert scalars(trained / "logs", "eval/classifier_fid") == pytest.approx(
+        [r["classifier_fid"] for r in records]
+    )
+    best = min(records, key=lambda r: r["classifier_fid"])
+    kept = json.loads((trained / "best" / "eval.json").read_text())
+    assert kept["step"] == best["step"] and kept["classifier_fid"] == best["classifier_fid"]
+    assert (trained / "best" / "unet" / "diffusion_pytorch_model.safetensors").is_file()
+    assert not (trained / "best.partial").exists() and not (trained / "best.old").exists()
+    # The final model is scored once more, next to the data floor, and the card shows both.
+    report = json.loads((trained / "eval.json").read_text())
+    assert report["protocol"]["num_images"] == 64 and report["protocol"]["sampler"] == "dpm-solver"
+    assert report["floor"]["classifier_fid"] < report["samples"]["classifier_fid"]
+    card = (trained / "README.md").read_text()
+    assert f"| samples.classifier_fid | {report['samples']['classifier_fid']:.4g} |" in card
 
 
 def test_exported_unet_holds_the_ema_weights(trained):

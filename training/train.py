@@ -12,9 +12,12 @@ weights), `config.yaml` (the resolved config), `samples.png` and `samples/step_*
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
+import json
 import logging
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -33,8 +36,9 @@ from tqdm.auto import tqdm
 from hf_ddpm.checkpoints import checkpoint_step, resolve_checkpoint, save_checkpoint
 from hf_ddpm.config import Config, load_config
 from hf_ddpm.data import load_image_dataset, to_model_range
+from hf_ddpm.evaluate import data_floor, describe_protocol, evaluate_unet, load_reference, write_report
 from hf_ddpm.hub import HubPushError, create_repo, push_to_hub
-from hf_ddpm.model_card import RunInfo, describe_hardware, write_model_card
+from hf_ddpm.model_card import RunInfo, describe_hardware, save_run_info, write_model_card
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss
 from hf_ddpm.pipeline import export_pipeline, generate, make_scheduler, save_grid
@@ -81,6 +85,9 @@ def main(cfg: Config) -> None:
     set_seed(t.seed)  # the same initial weights on every process
 
     dataset, info = load_image_dataset(cfg.dataset, seed=t.seed)
+    reference = None
+    if t.eval_every and accelerator.is_main_process:
+        reference = load_reference(cfg.dataset.path or cfg.dataset.name, t.eval_classifier)
     unet = build_unet(cfg.model.preset, info.image_size, info.channels, dropout=cfg.model.dropout)
     scheduler = LinearNoiseScheduler(**dataclasses.asdict(cfg.diffusion))
     ema = None
@@ -119,7 +126,8 @@ def main(cfg: Config) -> None:
     unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
     # Timesteps, noise and flips come from this generator, checkpointed with the run (as safetensors).
     noise_rng = torch.Generator(device=accelerator.device).manual_seed(t.seed + accelerator.process_index)
-    _register_state_hooks(accelerator, ema, noise_rng)
+    clock = {"train_seconds": 0.0}  # optimizer steps only (the x axis of time-to-quality); checkpointed
+    _register_state_hooks(accelerator, ema, noise_rng, clock)
 
     global_step = 0
     if t.resume_from_checkpoint:
@@ -149,7 +157,9 @@ def main(cfg: Config) -> None:
         desc="train",
         disable=not accelerator.is_local_main_process,
     )
+    best_fid = _best_fid(output_dir)
     unet.train()
+    step_start = time.perf_counter()
     while global_step < t.max_train_steps:
         _set_epoch(dataloader, dataset, epoch)
         batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
@@ -160,7 +170,7 @@ def main(cfg: Config) -> None:
                 flip = torch.rand(x0.shape[0], generator=noise_rng, device=x0.device) < 0.5
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
             with accelerator.accumulate(unet):
-                loss = diffusion_loss(unet, scheduler, x0, noise_rng)
+                loss = diffusion_loss(unet, scheduler, x0, noise_rng, t.snr_gamma)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unet.parameters(), t.max_grad_norm)
@@ -173,6 +183,7 @@ def main(cfg: Config) -> None:
             global_step += 1
             if ema is not None:
                 ema.step(unet.parameters())
+            clock["train_seconds"] += time.perf_counter() - step_start
             logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
             if ema is not None:
                 logs["ema_decay"] = ema.cur_decay_value
@@ -186,8 +197,21 @@ def main(cfg: Config) -> None:
                 _sample_grid(
                     accelerator, unet, ema, scheduler, cfg, output_dir / f"samples/step_{global_step:06d}.png"
                 )
+            if t.eval_every and global_step % t.eval_every == 0:
+                best_fid = _evaluate(
+                    accelerator,
+                    unet,
+                    ema,
+                    scheduler,
+                    cfg,
+                    reference,
+                    global_step,
+                    clock["train_seconds"],
+                    best_fid,
+                )
             if global_step >= t.max_train_steps:
                 break
+            step_start = time.perf_counter()
         epoch += 1
     progress.close()
 
@@ -197,6 +221,8 @@ def main(cfg: Config) -> None:
         ema.copy_to(model.parameters())  # training is over: the EMA weights are the model from here on
     if accelerator.is_main_process:
         export_pipeline(model, scheduler, output_dir)
+        if reference is not None:  # the final model's numbers go into eval.json and the model card
+            _final_report(model, scheduler, cfg, reference, output_dir / "eval.json")
     # ema=None: the model already holds the EMA weights, no swap needed.
     grid = _sample_grid(accelerator, unet, None, scheduler, cfg, output_dir / "samples.png")
     if accelerator.is_main_process:
@@ -208,6 +234,7 @@ def main(cfg: Config) -> None:
             num_images=info.num_rows,
             data_source=info.source,
         )
+        save_run_info(output_dir, run)
         card = write_model_card(output_dir, cfg, run, repo_id)
         logger.info(f"pipeline saved to {output_dir}, samples in {grid}, model card {card}")
         if t.push_to_hub:
@@ -220,45 +247,140 @@ def main(cfg: Config) -> None:
     accelerator.end_training()
 
 
+@contextlib.contextmanager
+def _ema_weights(accelerator, unet, ema):
+    """The unwrapped model holding the EMA weights, in eval mode; the training weights come back after."""
+    model = accelerator.unwrap_model(unet)
+    if ema is not None:
+        ema.store(model.parameters())
+        ema.copy_to(model.parameters())
+    model.eval()
+    try:
+        yield model
+    finally:
+        model.train()
+        if ema is not None:
+            ema.restore(model.parameters())
+
+
 def _sample_grid(accelerator, unet, ema, scheduler, cfg: Config, path: Path) -> Path | None:
     """Samples `num_sample_images` from the EMA weights with a fixed seed (main process only)."""
     if accelerator.is_main_process:
         t = cfg.training
-        model = accelerator.unwrap_model(unet)
-        if ema is not None:
-            ema.store(model.parameters())
-            ema.copy_to(model.parameters())
-        model.eval()
-        pipeline = DDPMPipeline(unet=model, scheduler=make_scheduler(t.sampler, scheduler.config))
-        pipeline.set_progress_bar_config(disable=True)
-        start = time.perf_counter()
-        images = generate(pipeline, t.num_sample_images, t.num_inference_steps, seed=t.seed)
-        save_grid(images, path)
+        with _ema_weights(accelerator, unet, ema) as model:
+            pipeline = DDPMPipeline(unet=model, scheduler=make_scheduler(t.sampler, scheduler.config))
+            pipeline.set_progress_bar_config(disable=True)
+            start = time.perf_counter()
+            images = generate(pipeline, t.num_sample_images, t.num_inference_steps, seed=t.seed)
+            save_grid(images, path)
         logger.info(
             f"wrote {path} ({t.sampler}, {t.num_inference_steps} steps, {time.perf_counter() - start:.0f} s)"
         )
-        model.train()
-        if ema is not None:
-            ema.restore(model.parameters())
     accelerator.wait_for_everyone()
     return path
 
 
-def _register_state_hooks(accelerator: Accelerator, ema: EMAModel | None, noise_rng: torch.Generator) -> None:
-    """Adds the EMA weights and the noise generator to every checkpoint, both as safetensors."""
+def _evaluate(
+    accelerator,
+    unet,
+    ema,
+    scheduler,
+    cfg: Config,
+    reference,
+    step: int,
+    train_seconds: float,
+    best_fid: float,
+) -> float:
+    """Scores EMA samples (main process), logs them, and exports the pipeline to best/ when the
+    classifier-FID is the lowest so far. Returns the best classifier-FID."""
+    if accelerator.is_main_process:
+        t = cfg.training
+        output_dir = Path(t.output_dir)
+        with _ema_weights(accelerator, unet, ema) as model:
+            metrics = _eval_metrics(model, scheduler, cfg, reference)
+            if metrics["classifier_fid"] < best_fid:
+                best_fid = metrics["classifier_fid"]
+                _export_atomically(model, scheduler, output_dir / "best", {"step": step, **metrics})
+        accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        record = {"step": step, "train_minutes": train_seconds / 60, **metrics}
+        with open(output_dir / "eval_log.jsonl", "a") as f:
+            f.write(json.dumps(record) + "\n")
+        logger.info(
+            f"step {step}: classifier-FID {metrics['classifier_fid']:.2f}, legibility "
+            f"{metrics['legibility']:.3f}, class entropy {metrics['class_entropy']:.3f} "
+            f"(best classifier-FID {best_fid:.2f})"
+        )
+    accelerator.wait_for_everyone()
+    return best_fid
+
+
+def _eval_metrics(model, scheduler, cfg: Config, reference) -> dict[str, float]:
+    t = cfg.training
+    return evaluate_unet(
+        model,
+        scheduler.config,
+        reference,
+        t.eval_sampler,
+        t.eval_num_inference_steps,
+        t.eval_num_images,
+        t.seed,
+    )
+
+
+def _final_report(model, scheduler, cfg: Config, reference, path: Path) -> None:
+    t = cfg.training
+    model.eval()
+    metrics = _eval_metrics(model, scheduler, cfg, reference)
+    model.train()
+    sampling = {"sampler": t.eval_sampler, "steps": t.eval_num_inference_steps, "seed": t.seed}
+    protocol = describe_protocol(reference, t.eval_num_images, **sampling)
+    write_report(
+        path, {"protocol": protocol, "samples": metrics, "floor": data_floor(reference, t.eval_num_images)}
+    )
+
+
+def _export_atomically(model, scheduler, folder: Path, metrics: dict) -> None:
+    """Exports the pipeline beside `folder` and swaps it in, so a kill never leaves a half-written best/."""
+    partial = folder.with_name(folder.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    export_pipeline(model, scheduler, partial)
+    (partial / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
+    old = folder.with_name(folder.name + ".old")
+    if folder.exists():
+        folder.rename(old)
+    partial.rename(folder)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def _best_fid(output_dir: Path) -> float:
+    """The classifier-FID of best/ from an earlier (resumed) run, so a worse model never replaces it."""
+    path = output_dir / "best" / "eval.json"
+    return json.loads(path.read_text())["classifier_fid"] if path.is_file() else float("inf")
+
+
+def _register_state_hooks(
+    accelerator: Accelerator, ema: EMAModel | None, noise_rng: torch.Generator, clock: dict
+) -> None:
+    """Puts the EMA weights, the noise generator and the training clock in every checkpoint (safetensors)."""
     rank = accelerator.process_index
 
     def save_hook(models, weights, output_dir):
         if ema is not None and accelerator.is_main_process:
             ema.save_pretrained(os.path.join(output_dir, "unet_ema"))
-        save_file({"state": noise_rng.get_state()}, os.path.join(output_dir, f"noise_rng_{rank}.safetensors"))
+        state = {
+            "state": noise_rng.get_state(),
+            "train_seconds": torch.tensor(clock["train_seconds"], dtype=torch.float64),
+        }
+        save_file(state, os.path.join(output_dir, f"noise_rng_{rank}.safetensors"))
 
     def load_hook(models, input_dir):
         if ema is not None:
             loaded = EMAModel.from_pretrained(os.path.join(input_dir, "unet_ema"), model_cls=UNet2DModel)
             ema.load_state_dict(loaded.state_dict())
             ema.to(accelerator.device)
-        noise_rng.set_state(load_file(os.path.join(input_dir, f"noise_rng_{rank}.safetensors"))["state"])
+        state = load_file(os.path.join(input_dir, f"noise_rng_{rank}.safetensors"))
+        noise_rng.set_state(state["state"])
+        clock["train_seconds"] = state["train_seconds"].item()
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
