@@ -75,14 +75,22 @@ def score(images: torch.Tensor, ref: Reference, inception_images: int = 0) -> di
     result = classifier_metrics(images, ref.classifier, ref.stats)
     if inception_images:
         n = min(inception_images, len(images), len(ref.test_images))
-        result["inception_fid"] = inception_fid(images[:n], ref.test_images[:n], load_inception())
+        result["inception_fid"] = inception_fid(
+            images[:n], random_subset(ref.test_images, n), load_inception()
+        )
     return result
 
 
+def random_subset(images: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
+    """n rows drawn without replacement with a fixed seed: splits may be sorted by class (the textures
+    are), so their first n rows would hold only a few classes."""
+    return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
+
+
 def data_floor(ref: Reference, num_images: int, inception_images: int = 0) -> dict[str, float]:
-    """The metrics of `num_images` real train images: the best a model can score under this protocol."""
-    train_images, _, _ = load_labeled_split(ref.dataset, "train", max_samples=num_images)
-    return score(train_images, ref, inception_images)
+    """The metrics of `num_images` random real train images: the best a model can score at this count."""
+    train_images, _, _ = load_labeled_split(ref.dataset, "train")
+    return score(random_subset(train_images, num_images), ref, inception_images)
 
 
 def evaluate_unet(

@@ -217,7 +217,7 @@ def _training_rows(cfg: Config, run: RunInfo, unet: dict, name: str) -> list[tup
             f"AdamW (betas {t.adam_beta1:g}, {t.adam_beta2:g}; weight decay {t.adam_weight_decay:g}), "
             f"gradient clipping at {t.max_grad_norm:g}",
         ),
-        ("Loss", loss[cfg.diffusion.prediction_type]),
+        ("Loss", loss[cfg.diffusion.prediction_type] + _snr_weighting(t.snr_gamma)),
         ("EMA", ema),
         ("Precision", "fp32" if t.mixed_precision == "no" else f"{t.mixed_precision} mixed precision"),
         ("Hardware", f"{run.hardware}; {run.num_processes} process{'es' if run.num_processes > 1 else ''}"),
@@ -225,6 +225,10 @@ def _training_rows(cfg: Config, run: RunInfo, unet: dict, name: str) -> list[tup
         ("Seed", str(t.seed)),
         ("Software", _versions()),
     ]
+
+
+def _snr_weighting(gamma: float | None) -> str:
+    return "" if gamma is None else f", Min-SNR-{gamma:g} weighting (Hang et al. 2023)"
 
 
 def _scheduler_rows(s: dict) -> list[tuple[str, str]]:

@@ -99,6 +99,16 @@ def test_textures_classifier_separates_textures(shared_data):
     assert accuracy > 10 / 99  # far above chance; the closing note reports the value
 
 
+def test_floor_subset_spans_the_classes_of_a_sorted_split(shared_data):
+    """The textures splits are sorted by class: a floor from the first rows would see one or two."""
+    from hf_ddpm.evaluate import random_subset
+
+    _, labels, _ = load_labeled_split(str(shared_data / "textures"), "train")
+    assert len(labels[:300].unique()) <= 2
+    assert len(random_subset(labels, 300).unique()) > 90
+    assert torch.equal(random_subset(labels, 300), random_subset(labels, 300))  # seeded
+
+
 def test_tf_resize_samples_the_legacy_grid():
     x = torch.arange(28.0).repeat(28, 1)[None, None]  # value = column index
     y = _resize_like_tf(x, 299)
