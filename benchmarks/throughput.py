@@ -56,6 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from hf_ddpm.config import Config, load_config
 from hf_ddpm.data import DATA_DIR_ENV, load_image_dataset, to_model_range
+from hf_ddpm.model_card import cpu_model
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss
 from hf_ddpm.scheduler import LinearNoiseScheduler
@@ -128,7 +129,7 @@ def log(message: str) -> None:
 
 def machine_info() -> dict[str, Any]:
     return {
-        "cpu": _cpu_model(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "threads": torch.get_num_threads(),
         "python": platform.python_version(),
@@ -148,16 +149,6 @@ def _busy(machine: dict[str, Any]) -> bool:
 
 def _load_average() -> str:
     return " ".join(f"{load:.2f}" for load in os.getloadavg())
-
-
-def _cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def matmul_rate(dtype: torch.dtype, n: int = MATMUL_SIZE, repeats: int = 5) -> float:

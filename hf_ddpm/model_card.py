@@ -69,7 +69,7 @@ def describe_hardware(device: Any) -> str:
     if getattr(device, "type", str(device)) == "mps":
         return f"Apple silicon GPU (MPS), {platform.machine()}"
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return f"{_cpu_model()}, {cores} CPU core{'s' if cores != 1 else ''}"
+    return f"{cpu_model()}, {cores} CPU core{'s' if cores != 1 else ''}"
 
 
 def write_model_card(
@@ -332,7 +332,7 @@ def _versions() -> str:
     return ", ".join(found)
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):

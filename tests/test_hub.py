@@ -270,7 +270,7 @@ def test_card_licence_and_evaluation_follow_the_data_and_eval_json(trained, tmp_
     out, _ = trained
     folder = tmp_path / "mnist-run"
     shutil.copytree(out, folder, ignore=shutil.ignore_patterns("checkpoint-*", "logs", "README.md"))
-    cfg = load_config(REPO / "training" / "configs" / "mnist.yaml")
+    cfg = load_config(REPO / "training" / "configs" / "mnist.yaml", ["--training.train_batch_size", "128"])
     run_info = RunInfo(
         1830, "test CPU", num_processes=2, steps=2000, num_images=60000, data_source="ylecun/mnist"
     )
