@@ -17,7 +17,6 @@ the same path.
 from __future__ import annotations
 
 import importlib.util
-import math
 from pathlib import Path
 
 import torch
@@ -81,10 +80,6 @@ def classifier_metrics(
 def reference_stats(classifier: Classifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """`gaussian_stats` of the classifier features of real uint8 images (N, C, H, W)."""
     return gaussian_stats(predict(classifier, images)[0])
-
-
-def uniform_entropy(num_classes: int) -> float:
-    return math.log(num_classes)
 
 
 # Standard Inception FID
