@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -20,7 +20,14 @@ import yaml
 
 from .classifier import Classifier, load_classifier
 from .data import load_labeled_split
-from .metrics import classifier_metrics, inception_fid, load_inception, reference_stats
+from .metrics import (
+    classifier_metrics,
+    frechet_distance,
+    gaussian_stats,
+    inception_features,
+    load_inception,
+    reference_stats,
+)
 from .model_card import refresh_model_card
 
 
@@ -33,6 +40,8 @@ class Reference:
     test_images: torch.Tensor  # uint8 (N, C, H, W)
     classifier: Classifier
     stats: tuple[torch.Tensor, torch.Tensor]  # Gaussian of the test features
+    # Inception Gaussians of n random test images, by n: computed once, shared by samples and floor.
+    inception_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
 def dataset_key(dataset: str) -> str:
@@ -75,9 +84,13 @@ def score(images: torch.Tensor, ref: Reference, inception_images: int = 0) -> di
     result = classifier_metrics(images, ref.classifier, ref.stats)
     if inception_images:
         n = min(inception_images, len(images), len(ref.test_images))
-        result["inception_fid"] = inception_fid(
-            images[:n], random_subset(ref.test_images, n), load_inception()
-        )
+        model = load_inception()
+        if n not in ref.inception_stats:
+            ref.inception_stats[n] = gaussian_stats(
+                inception_features(random_subset(ref.test_images, n), model)
+            )
+        samples = gaussian_stats(inception_features(images[:n], model))
+        result["inception_fid"] = frechet_distance(samples, ref.inception_stats[n])
     return result
 
 

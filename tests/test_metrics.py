@@ -134,7 +134,8 @@ def test_evaluate_cli_scores_a_random_model_far_below_the_floor(tmp_path, mnist_
     torch.manual_seed(0)
     export_pipeline(build_unet("tiny", 28, 1), LinearNoiseScheduler(), tmp_path / "model")
     cmd = [sys.executable, "-m", "hf_ddpm.evaluate", "--model", str(tmp_path / "model"), "--dataset",
-           str(mnist_dir), "--classifier", "mnist", "--num-images", "100", "--steps", "3"]  # fmt: skip
+           str(mnist_dir), "--classifier", "mnist", "--num-images", "100", "--steps", "3",
+           "--inception-images", "16"]  # fmt: skip
     result = subprocess.run(cmd, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr[-2000:]
     assert "| classifier_fid |" in result.stdout
@@ -145,3 +146,4 @@ def test_evaluate_cli_scores_a_random_model_far_below_the_floor(tmp_path, mnist_
     # Untrained, it draws one blob over and over: a CNN may even call that legible, but not diverse.
     assert samples["class_entropy"] < 0.5 * floor["class_entropy"]
     assert samples["seconds_per_image"] > 0
+    assert samples["inception_fid"] > 2 * floor["inception_fid"]  # both against the same 16 test images

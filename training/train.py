@@ -158,6 +158,7 @@ def main(cfg: Config) -> None:
         disable=not accelerator.is_local_main_process,
     )
     best_fid = _best_fid(output_dir)
+    last_eval = (None, None)  # (step, metrics): eval.json reuses them when they scored the final weights
     unet.train()
     step_start = time.perf_counter()
     while global_step < t.max_train_steps:
@@ -198,7 +199,7 @@ def main(cfg: Config) -> None:
                     accelerator, unet, ema, scheduler, cfg, output_dir / f"samples/step_{global_step:06d}.png"
                 )
             if t.eval_every and global_step % t.eval_every == 0:
-                best_fid = _evaluate(
+                best_fid, metrics = _evaluate(
                     accelerator,
                     unet,
                     ema,
@@ -209,6 +210,7 @@ def main(cfg: Config) -> None:
                     clock["train_seconds"],
                     best_fid,
                 )
+                last_eval = (global_step, metrics)
             if global_step >= t.max_train_steps:
                 break
             step_start = time.perf_counter()
@@ -222,7 +224,8 @@ def main(cfg: Config) -> None:
     if accelerator.is_main_process:
         export_pipeline(model, scheduler, output_dir)
         if reference is not None:  # the final model's numbers go into eval.json and the model card
-            _final_report(model, scheduler, cfg, reference, output_dir / "eval.json")
+            final = last_eval[1] if last_eval[0] == global_step else None
+            _final_report(model, scheduler, cfg, reference, output_dir / "eval.json", final)
     # ema=None: the model already holds the EMA weights, no swap needed.
     grid = _sample_grid(accelerator, unet, None, scheduler, cfg, output_dir / "samples.png")
     if accelerator.is_main_process:
@@ -290,9 +293,10 @@ def _evaluate(
     step: int,
     train_seconds: float,
     best_fid: float,
-) -> float:
+) -> tuple[float, dict | None]:
     """Scores EMA samples (main process), logs them, and exports the pipeline to best/ when the
-    classifier-FID is the lowest so far. Returns the best classifier-FID."""
+    classifier-FID is the lowest so far. Returns the best classifier-FID and the metrics (None off main)."""
+    metrics = None
     if accelerator.is_main_process:
         t = cfg.training
         output_dir = Path(t.output_dir)
@@ -311,7 +315,7 @@ def _evaluate(
             f"(best classifier-FID {best_fid:.2f})"
         )
     accelerator.wait_for_everyone()
-    return best_fid
+    return best_fid, metrics
 
 
 def _eval_metrics(model, scheduler, cfg: Config, reference) -> dict[str, float]:
@@ -327,11 +331,13 @@ def _eval_metrics(model, scheduler, cfg: Config, reference) -> dict[str, float]:
     )
 
 
-def _final_report(model, scheduler, cfg: Config, reference, path: Path) -> None:
+def _final_report(model, scheduler, cfg: Config, reference, path: Path, metrics: dict | None) -> None:
+    """eval.json: the final weights' metrics (sampled here unless the last eval already scored them)."""
     t = cfg.training
-    model.eval()
-    metrics = _eval_metrics(model, scheduler, cfg, reference)
-    model.train()
+    if metrics is None:
+        model.eval()
+        metrics = _eval_metrics(model, scheduler, cfg, reference)
+        model.train()
     sampling = {"sampler": t.eval_sampler, "steps": t.eval_num_inference_steps, "seed": t.seed}
     protocol = describe_protocol(reference, t.eval_num_images, **sampling)
     write_report(
