@@ -14,6 +14,7 @@ _EXPORTS = {
     "PRESETS": "hf_ddpm.models",
     "build_unet": "hf_ddpm.models",
     "load_image_dataset": "hf_ddpm.data",
+    "ClassConditionalDDPMPipeline": "hf_ddpm.pipelines.class_conditional_ddpm",
 }
 
 __all__ = list(_EXPORTS)

@@ -43,6 +43,10 @@ class ModelConfig:
     # A `UNet2DModel` preset from `hf_ddpm.models.PRESETS`: tiny | small | tutorial.
     preset: str = "small"
     dropout: float = 0.0
+    # Condition on the dataset's ClassLabel column (dataset.label_column): the UNet gets a class embedding
+    # of num_classes + 1 entries, the last one the learned null class of classifier-free guidance
+    # (Ho & Salimans 2021), and the export is pipelines/class_conditional_ddpm.py's pipeline.
+    class_conditional: bool = False
 
 
 @dataclass
@@ -96,6 +100,11 @@ class TrainingConfig:
     num_sample_images: int = 64
     sampler: Literal["ddpm", "ddim", "dpm-solver"] = "ddpm"
     num_inference_steps: int = 1000
+    # Class-conditional models: the probability that a training label is replaced by the null class, so
+    # the one network also learns the unconditional model; and the guidance scale w of sample grids and
+    # evaluations (0: unconditional, 1: conditional, > 1: guided).
+    cond_drop_prob: float = 0.1
+    guidance_scale: float = 2.0
     report_to: Literal["tensorboard", "none"] = "tensorboard"
     # Every `eval_every` steps (0: never), sample `eval_num_images` from the EMA weights with a fast sampler
     # and score them with the data set's classifier (hf_ddpm.metrics): logged as eval/*, appended to

@@ -78,10 +78,13 @@ def to_nchw(images) -> torch.Tensor:
     return torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
 
 
-def score(images: torch.Tensor, ref: Reference, inception_images: int = 0) -> dict[str, float]:
-    """Classifier metrics of uint8 images (N, C, H, W); Inception FID on the first `inception_images`
-    of them against as many test images (0 skips it: about 0.15 s per image on 2 CPU cores)."""
-    result = classifier_metrics(images, ref.classifier, ref.stats)
+def score(
+    images: torch.Tensor, ref: Reference, inception_images: int = 0, labels: torch.Tensor | None = None
+) -> dict[str, float]:
+    """Classifier metrics of uint8 images (N, C, H, W), with class accuracy when the requested `labels`
+    (N,) are given; Inception FID on the first `inception_images` of them against as many test images
+    (0 skips it: about 0.15 s per image on 2 CPU cores)."""
+    result = classifier_metrics(images, ref.classifier, ref.stats, labels)
     if inception_images:
         n = min(inception_images, len(images), len(ref.test_images))
         model = load_inception()
@@ -107,18 +110,41 @@ def data_floor(ref: Reference, num_images: int, inception_images: int = 0) -> di
 
 
 def evaluate_unet(
-    unet, scheduler_config: dict, ref: Reference, sampler: str, steps: int, num_images: int, seed: int
+    unet,
+    scheduler_config: dict,
+    ref: Reference,
+    sampler: str,
+    steps: int,
+    num_images: int,
+    seed: int,
+    guidance_scale: float | None = None,
 ) -> dict[str, float]:
-    """Samples `num_images` from a UNet (in eval mode) and scores them; used by training's `eval_every`."""
-    from diffusers import DDPMPipeline
+    """Samples `num_images` from a UNet (in eval mode) and scores them; used by training's `eval_every`.
+    A class-conditional UNet draws every class equally often, with `guidance_scale`."""
+    from .pipeline import make_pipeline, make_scheduler
 
-    from .pipeline import generate, make_scheduler
-
-    pipeline = DDPMPipeline(unet=unet, scheduler=make_scheduler(sampler, scheduler_config))
-    pipeline.set_progress_bar_config(disable=True)
+    pipeline = make_pipeline(unet, make_scheduler(sampler, scheduler_config))
     start = time.perf_counter()
-    images = generate(pipeline, num_images, steps, seed=seed, batch_size=250)
-    return score(to_nchw(images), ref) | {"sample_seconds": time.perf_counter() - start}
+    images, labels = sample_for_scoring(pipeline, num_images, steps, seed, guidance_scale=guidance_scale)
+    return score(images, ref, labels=labels) | {"sample_seconds": time.perf_counter() - start}
+
+
+def sample_for_scoring(
+    pipeline,
+    num_images: int,
+    steps: int,
+    seed: int,
+    batch_size: int = 250,
+    guidance_scale: float | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """uint8 samples (N, C, H, W) and, from a class-conditional pipeline, the labels requested (N,)."""
+    from .pipeline import balanced_labels, generate
+
+    pipeline.set_progress_bar_config(disable=True)
+    images = generate(pipeline, num_images, steps, seed, batch_size, guidance_scale)
+    num_classes = getattr(pipeline, "num_classes", None)
+    labels = balanced_labels(num_images, num_classes) if num_classes else None
+    return to_nchw(images), labels
 
 
 def model_dataset(model: str | Path) -> str | None:
@@ -131,7 +157,7 @@ def model_dataset(model: str | Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .pipeline import SAMPLERS, generate, load_pipeline
+    from .pipeline import SAMPLERS, load_pipeline
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported pipeline folder or Hub id; omit with --floor-only")
@@ -142,6 +168,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-images", type=int, default=1000)
     parser.add_argument("--batch-size", type=int, default=250)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--guidance-scale", type=float, help="class-conditional models (default: the pipeline's own)"
+    )
     parser.add_argument("--inception-images", type=int, default=0, help="also Inception FID on this many")
     parser.add_argument("--floor-only", action="store_true", help="score real train images only")
     parser.add_argument("--out", help="JSON file (default MODEL/eval.json)")
@@ -156,15 +185,18 @@ def main(argv: list[str] | None = None) -> None:
     sampling = {}
     if not args.floor_only:
         sampling = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps, "seed": args.seed}
+        if args.guidance_scale is not None:
+            sampling["guidance_scale"] = args.guidance_scale
     protocol = describe_protocol(ref, args.num_images, args.inception_images, **sampling)
     results = {"protocol": protocol, "floor": data_floor(ref, args.num_images, args.inception_images)}
     if not args.floor_only:
         pipeline = load_pipeline(args.model, args.sampler)
-        pipeline.set_progress_bar_config(disable=True)
         start = time.perf_counter()
-        images = generate(pipeline, args.num_images, args.steps, seed=args.seed, batch_size=args.batch_size)
+        images, labels = sample_for_scoring(
+            pipeline, args.num_images, args.steps, args.seed, args.batch_size, args.guidance_scale
+        )
         seconds = (time.perf_counter() - start) / args.num_images
-        results["samples"] = score(to_nchw(images), ref, args.inception_images) | {
+        results["samples"] = score(images, ref, args.inception_images, labels) | {
             "seconds_per_image": seconds
         }
 

@@ -3,9 +3,10 @@
     python -m hf_ddpm.hub push outputs/ddpm-mnist my-org/ddpm-mnist [--private] [--token hf_...]
 
 Uploads what a user of the model needs, and nothing else: `model_index.json`, `unet/`, `scheduler/` (the
-pipeline stock `DDPMPipeline.from_pretrained` loads), `README.md` (the model card train.py wrote),
-`samples.png` and `config.yaml`. Checkpoints, optimizer state, TensorBoard logs and the intermediate
-`samples/step_*.png` stay local. One push is one commit; files that did not change are not sent again.
+pipeline stock `DDPMPipeline.from_pretrained` loads), the pipeline file of a class-conditional model,
+`README.md` (the model card train.py wrote), `samples.png`, `config.yaml` and `eval.json`. Checkpoints,
+optimizer state, TensorBoard logs and the intermediate `samples/step_*.png` stay local. One push is one
+commit; files that did not change are not sent again.
 
 The token comes from `--token`, else `$HF_TOKEN`, else the login saved by `hf auth login`. The endpoint is
 `$HF_ENDPOINT` (default https://huggingface.co). Pushing only reads the output folder.
@@ -14,6 +15,7 @@ The token comes from `--token`, else `$HF_TOKEN`, else the login saved by `hf au
 from __future__ import annotations
 
 import argparse
+import json
 import re
 import sys
 from pathlib import Path
@@ -35,6 +37,13 @@ def files_to_upload(output_dir: str | Path) -> list[str]:
             f"{folder} holds no model_index.json: push a folder written by training/train.py (its output_dir)"
         )
     files = [name for name in TOP_LEVEL_FILES if (folder / name).is_file()]
+    # A custom pipeline (model_index.json's `_class_name` is [module, class]) travels with its code file.
+    class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    if isinstance(class_name, list):
+        code = f"{class_name[0]}.py"
+        if not (folder / code).is_file():
+            raise ValueError(f"{folder} lacks {code}, the pipeline file its model_index.json names")
+        files.append(code)
     for sub in FOLDERS:
         found = [
             p.relative_to(folder).as_posix()

@@ -63,18 +63,41 @@ def class_entropy(probs: torch.Tensor) -> float:
 
 
 def classifier_metrics(
-    images: torch.Tensor, classifier: Classifier, reference: tuple[torch.Tensor, torch.Tensor]
+    images: torch.Tensor,
+    classifier: Classifier,
+    reference: tuple[torch.Tensor, torch.Tensor],
+    labels: torch.Tensor | None = None,
 ) -> dict[str, float]:
-    """classifier_fid, legibility and class_entropy of uint8 images (N, C, H, W).
+    """classifier_fid, legibility and class_entropy of uint8 images (N, C, H, W), and class_accuracy
+    (the classifier agrees with the requested class) when the int64 `labels` (N,) are given.
 
     `reference` is `gaussian_stats` of the real images' features (see `reference_stats`).
     """
     features, probs = predict(classifier, images)
-    return {
+    result = {
         "classifier_fid": frechet_distance(gaussian_stats(features), reference),
         "legibility": legibility(probs),
         "class_entropy": class_entropy(probs),
     }
+    if labels is not None:
+        result["class_accuracy"] = (probs.argmax(-1) == labels.to(probs.device)).float().mean().item()
+    return result
+
+
+def within_class_spread(features: torch.Tensor, classes: torch.Tensor) -> float:
+    """Diversity inside classes: the trace of the feature covariance of each class's images, averaged
+    over the classes with at least two images. Guidance should shrink it; one repeated image scores 0.
+
+    Args:
+        features: (N, D) classifier features (`predict`).
+        classes: int64 (N,) class of each image (requested or predicted).
+    """
+    traces = [
+        torch.cov(features[classes == c].double().T).trace()
+        for c in classes.unique()
+        if (classes == c).sum() >= 2
+    ]
+    return torch.stack(traces).mean().item() if traces else float("nan")
 
 
 def reference_stats(classifier: Classifier, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:

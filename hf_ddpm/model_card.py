@@ -45,6 +45,7 @@ DATA_NOTES = {
 }
 DATA_DESCRIPTIONS = {"mnist": "handwritten digits (MNIST)", "textures": "Brodatz texture patches"}
 SAMPLER_CLASSES = {"ddpm": None, "ddim": "DDIMScheduler", "dpm-solver": "DPMSolverMultistepScheduler"}
+CONDITIONAL_MODULE = "class_conditional_ddpm"  # pipelines/class_conditional_ddpm.py, beside the weights
 SAMPLER_NAMES = {"ddpm": "DDPM ancestral sampling", "ddim": "DDIM", "dpm-solver": "DPM-Solver++"}
 
 
@@ -95,6 +96,11 @@ def write_model_card(
 
     repo_id = repo_id or cfg.training.hub_model_id
     parameters = _count_parameters(folder / "unet" / "diffusion_pytorch_model.safetensors")
+    id2label = _id2label(folder)
+    pipeline_class = "ClassConditionalDDPMPipeline" if id2label else "DDPMPipeline"
+    kind = (
+        ["class-conditional", "classifier-free-guidance"] if id2label else ["unconditional-image-generation"]
+    )
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
@@ -102,10 +108,10 @@ def write_model_card(
         datasets=[name] if "/" in name else None,
         tags=[
             "diffusers",
-            "diffusers:DDPMPipeline",
+            f"diffusers:{pipeline_class}",
             "ddpm",
             "hf-ddpm",
-            "unconditional-image-generation",
+            *kind,
             name,
         ],
     )
@@ -113,10 +119,11 @@ def write_model_card(
         data,
         template_path=str(template),
         title=(repo_id or cfg.training.output_dir).rstrip("/").split("/")[-1],
-        summary=_summary(cfg, unet, scheduler, parameters, name, short),
-        samples=_samples_caption(cfg) if (folder / "samples.png").is_file() else None,
-        usage=_usage(cfg, repo_id or cfg.training.output_dir, unet),
-        training=_training_rows(cfg, run, unet, name),
+        summary=_summary(cfg, unet, scheduler, parameters, name, short, id2label),
+        samples=_samples_caption(cfg, id2label) if (folder / "samples.png").is_file() else None,
+        pipeline_note=_pipeline_note(id2label),
+        usage=_usage(cfg, repo_id or cfg.training.output_dir, unet, id2label),
+        training=_training_rows(cfg, run, unet, name, id2label),
         scheduler=_scheduler_rows(scheduler),
         unet=_unet_rows(cfg, unet, parameters),
         evaluation=_evaluation_rows(folder / "eval.json"),
@@ -134,57 +141,106 @@ def _short_names(cfg: Config, run: RunInfo) -> list[str]:
     return [Path(n.rstrip("/")).name.lower() for n in names if n]
 
 
-def _summary(cfg: Config, unet: dict, scheduler: dict, parameters: int, name: str, short: list[str]) -> str:
+def _summary(
+    cfg: Config,
+    unet: dict,
+    scheduler: dict,
+    parameters: int,
+    name: str,
+    short: list[str],
+    id2label: dict[str, str] | None,
+) -> str:
     kind = next((DATA_DESCRIPTIONS[k] for k in short if k in DATA_DESCRIPTIONS), f"the images of {name}")
     colour = "grayscale" if unet["in_channels"] == 1 else "RGB"
     target = {"epsilon": "the noise ε", "v_prediction": "v", "sample": "x_0"}[scheduler["prediction_type"]]
     ema = cfg.training.use_ema
     weights = "an exponential moving average (EMA) of the training weights" if ema else "the final weights"
+    if id2label:
+        opening = (
+            f"A class-conditional image generator with classifier-free guidance ([Ho & Salimans 2021]"
+            f"(https://arxiv.org/abs/2207.12598)) over {len(id2label)} classes"
+        )
+        saved = f"`ClassConditionalDDPMPipeline` (the file `{CONDITIONAL_MODULE}.py` beside the weights)"
+    else:
+        opening, saved = "An unconditional image generator", "stock `DDPMPipeline`"
     return (
-        f"An unconditional image generator: a denoising diffusion probabilistic model (DDPM, "
+        f"{opening}: a denoising diffusion probabilistic model (DDPM, "
         f"[Ho et al. 2020](https://arxiv.org/abs/2006.11239)) that turns Gaussian noise into "
         f"{unet['sample_size']}x{unet['sample_size']} {colour} images of {kind}. The network is a "
         f"`UNet2DModel` (hf-ddpm's `{cfg.model.preset}` preset, {parameters:,} parameters) that predicts "
         f"{target} under a {scheduler['beta_schedule']} noise schedule of {scheduler['num_train_timesteps']} "
-        f"steps. It was trained with hf-ddpm (diffusers, accelerate, datasets) and is saved as a stock "
-        f"`DDPMPipeline` holding {weights}."
+        f"steps. It was trained with hf-ddpm (diffusers, accelerate, datasets) and is saved as a {saved} "
+        f"holding {weights}."
     )
 
 
-def _samples_caption(cfg: Config) -> str:
+def _samples_caption(cfg: Config, id2label: dict[str, str] | None) -> str:
     t = cfg.training
+    guidance = ""
+    if id2label:
+        guidance = f", guidance scale {t.guidance_scale:g}; the classes cycle in label order"
     return (
         f"{t.num_sample_images} samples from these weights: {SAMPLER_NAMES[t.sampler]}, "
-        f"{t.num_inference_steps} steps, seed {t.seed}"
+        f"{t.num_inference_steps} steps, seed {t.seed}{guidance}"
     )
 
 
-def _usage(cfg: Config, repo_id: str, unet: dict) -> str:
+def _pipeline_note(id2label: dict[str, str] | None) -> str:
+    if not id2label:
+        return "A stock `diffusers` pipeline: nothing from hf-ddpm is needed to load or sample it."
+    return (
+        f"Stock `diffusers` plus the pipeline file that travels with the weights (`{CONDITIONAL_MODULE}.py`, "
+        "torch and diffusers only): `trust_remote_code=True` lets diffusers run it, so read it first. "
+        "Nothing from hf-ddpm is needed. `guidance_scale` 0 samples the unconditional model, 1 the "
+        "conditional one, larger values trade diversity for images that look more like their class."
+    )
+
+
+def _usage(cfg: Config, repo_id: str, unet: dict, id2label: dict[str, str] | None = None) -> str:
     """Python that loads the pipeline and samples it the way `samples.png` was made (sampler, steps)."""
     t = cfg.training
     scheduler_class = SAMPLER_CLASSES[t.sampler]
-    imports = ", ".join(c for c in (scheduler_class, "DDPMPipeline") if c)
+    pipeline_class = "DiffusionPipeline" if id2label else "DDPMPipeline"
+    imports = ", ".join(c for c in (scheduler_class, pipeline_class) if c)
     steps = (
         ""
         if t.sampler == "ddpm" and t.num_inference_steps == 1000
         else f", num_inference_steps={t.num_inference_steps}"
     )
     size, mode = unet["sample_size"], "L" if unet["in_channels"] == 1 else "RGB"
+    if id2label:
+        names = list(id2label.values())[:4]
+        load = f'pipeline = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)'
+        call = (
+            f"images = pipeline(class_labels={json.dumps(names)}, guidance_scale={t.guidance_scale:g}"
+            f"{steps}, generator=torch.Generator().manual_seed(0)).images"
+        )
+    else:
+        load = f'pipeline = DDPMPipeline.from_pretrained("{repo_id}")'
+        call = f"images = pipeline(batch_size=16{steps}, generator=torch.Generator().manual_seed(0)).images"
     lines = [
         "import torch",
         f"from diffusers import {imports}",
         "",
-        f'pipeline = DDPMPipeline.from_pretrained("{repo_id}")',
+        load,
         f"pipeline.scheduler = {scheduler_class}.from_config(pipeline.scheduler.config)"
         if scheduler_class
         else "",
-        f"images = pipeline(batch_size=16{steps}, generator=torch.Generator().manual_seed(0)).images",
+        call,
         f'images[0].save("sample.png")  # PIL images, mode {mode}, {size}x{size}',
     ]
     return "\n".join(line for i, line in enumerate(lines) if line or i == 2)
 
 
-def _training_rows(cfg: Config, run: RunInfo, unet: dict, name: str) -> list[tuple[str, str]]:
+def _id2label(folder: Path) -> dict[str, str] | None:
+    """The class names of a class-conditional export (from `model_index.json`), else None."""
+    index = json.loads((folder / "model_index.json").read_text())
+    return index.get("id2label") if isinstance(index.get("_class_name"), list) else None
+
+
+def _training_rows(
+    cfg: Config, run: RunInfo, unet: dict, name: str, id2label: dict[str, str] | None = None
+) -> list[tuple[str, str]]:
     t = cfg.training
     source = f"[{name}](https://huggingface.co/datasets/{name})" if "/" in name else f"`{name}`"
     if run.data_source != name:
@@ -218,6 +274,17 @@ def _training_rows(cfg: Config, run: RunInfo, unet: dict, name: str) -> list[tup
             f"gradient clipping at {t.max_grad_norm:g}",
         ),
         ("Loss", loss[cfg.diffusion.prediction_type] + _snr_weighting(t.snr_gamma)),
+        *(
+            [
+                (
+                    "Conditioning",
+                    f"`{cfg.dataset.label_column}` ({len(id2label)} classes) + a learned null class; "
+                    f"labels dropped to the null class with probability {t.cond_drop_prob:g}",
+                )
+            ]
+            if id2label
+            else []
+        ),
         ("EMA", ema),
         ("Precision", "fp32" if t.mixed_precision == "no" else f"{t.mixed_precision} mixed precision"),
         ("Hardware", f"{run.hardware}; {run.num_processes} process{'es' if run.num_processes > 1 else ''}"),

@@ -12,6 +12,7 @@ def diffusion_loss(
     x0: torch.Tensor,
     generator: torch.Generator | None = None,
     snr_gamma: float | None = None,
+    class_labels: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error between the model's prediction and its target, at a random timestep per image.
 
@@ -26,6 +27,7 @@ def diffusion_loss(
         snr_gamma: Min-SNR weighting (Hang et al. 2023): every target is weighted so that its loss
             equals the x_0 loss times min(SNR_t, gamma), which stops the easy low-noise steps from
             dominating. None: the unweighted loss.
+        class_labels: int64 (batch,) class indices for a class-conditional UNet (see `drop_labels`).
     """
     batch = x0.shape[0]
     noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -40,7 +42,8 @@ def diffusion_loss(
         target = scheduler.get_velocity(x0, noise, timesteps)
     else:
         target = x0
-    prediction = model(noisy, timesteps).sample
+    conditioning = {} if class_labels is None else {"class_labels": class_labels}
+    prediction = model(noisy, timesteps, **conditioning).sample
     if snr_gamma is None:
         return F.mse_loss(prediction.float(), target.float())
     per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
@@ -64,3 +67,12 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Te
     else:
         weight = clipped
     return weight.float()
+
+
+def drop_labels(
+    labels: torch.Tensor, null_class: int, drop_prob: float, generator: torch.Generator | None = None
+) -> torch.Tensor:
+    """Classifier-free guidance training (Ho & Salimans 2021): each label becomes `null_class` with
+    probability `drop_prob`, so the network learns eps(x_t, t, null), the unconditional model, as well."""
+    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < drop_prob
+    return torch.where(drop, torch.full_like(labels, null_class), labels)

@@ -2,11 +2,13 @@
 
 The exported `scheduler/scheduler_config.json` names `DDPMScheduler`: our `LinearNoiseScheduler` has
 the same config keys and numerics, so a user with stock diffusers alone (no hf_ddpm installed) loads
-the pipeline and gets the same images for the same seed.
+the pipeline and gets the same images for the same seed. Class-conditional UNets are exported as
+`pipelines/class_conditional_ddpm.py`'s pipeline, with that file beside the weights.
 """
 
 from __future__ import annotations
 
+import json
 import math
 from pathlib import Path
 
@@ -15,6 +17,7 @@ import torch
 from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
 from PIL import Image
 
+from .pipelines.class_conditional_ddpm import ClassConditionalDDPMPipeline
 from .scheduler import LinearNoiseScheduler
 
 # Sampler names of the CLI and the training config -> scheduler classes swapped in through `from_config`.
@@ -32,52 +35,110 @@ def make_scheduler(sampler: str, config: dict):
     return SAMPLERS[sampler].from_config(config)
 
 
-def export_pipeline(unet: UNet2DModel, scheduler: LinearNoiseScheduler, output_dir: str | Path) -> None:
-    """Writes `model_index.json`, `unet/` (safetensors) and `scheduler/` loadable by stock `DDPMPipeline`."""
+def make_pipeline(
+    unet: UNet2DModel, scheduler, id2label: dict[int, str] | None = None
+) -> DDPMPipeline | ClassConditionalDDPMPipeline:
+    """`ClassConditionalDDPMPipeline` for a UNet with a class embedding, else `DDPMPipeline`."""
+    if unet.config.num_class_embeds:
+        return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, id2label=id2label)
+    return DDPMPipeline(unet=unet, scheduler=scheduler)
+
+
+def export_pipeline(
+    unet: UNet2DModel,
+    scheduler: LinearNoiseScheduler,
+    output_dir: str | Path,
+    id2label: dict[int, str] | None = None,
+) -> None:
+    """Writes `model_index.json`, `unet/` (safetensors) and `scheduler/` loadable by stock `DDPMPipeline`;
+    a class-conditional UNet gets `ClassConditionalDDPMPipeline` with `id2label` and its pipeline file."""
     stock_scheduler = DDPMScheduler.from_config(scheduler.config)
-    DDPMPipeline(unet=unet, scheduler=stock_scheduler).save_pretrained(output_dir, safe_serialization=True)
+    make_pipeline(unet, stock_scheduler, id2label).save_pretrained(output_dir, safe_serialization=True)
 
 
 def load_pipeline(
     model: str | Path, sampler: str = "ddpm", device: str | torch.device = "cpu"
-) -> DDPMPipeline:
-    """Loads an exported pipeline from a folder or a Hub repo id and swaps in `sampler`'s scheduler."""
+) -> DDPMPipeline | ClassConditionalDDPMPipeline:
+    """Loads an exported pipeline from a folder or a Hub repo id and swaps in `sampler`'s scheduler.
+
+    A class-conditional export is assembled from its UNet, scheduler and `id2label` with hf_ddpm's own
+    copy of the pipeline class: the `.py` file that travels with it is never executed here.
+    """
     local = Path(model)
     if local.is_dir() and not (local / "model_index.json").is_file():
         raise ValueError(
             f"{model} holds no model_index.json: point --model at a folder written by training/train.py "
             "(its output_dir) or at a Hub repo id"
         )
-    pipeline = DDPMPipeline.from_pretrained(model, use_safetensors=True)
+    index = _model_index(model)
+    if isinstance(index.get("_class_name"), list):
+        unet = UNet2DModel.from_pretrained(model, subfolder="unet", use_safetensors=True)
+        scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+        pipeline = ClassConditionalDDPMPipeline(unet, scheduler, id2label=index.get("id2label"))
+    else:
+        pipeline = DDPMPipeline.from_pretrained(model, use_safetensors=True)
     pipeline.scheduler = make_scheduler(sampler, pipeline.scheduler.config)
     return pipeline.to(device)
 
 
+def _model_index(model: str | Path) -> dict:
+    path = Path(model) / "model_index.json"
+    if not path.is_file():
+        from huggingface_hub import hf_hub_download
+
+        path = hf_hub_download(str(model), "model_index.json")
+    return json.loads(Path(path).read_text())
+
+
+def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:
+    """Class indices 0, 1, ..., C-1, 0, 1, ...: every class equally often (the labels `generate` asks for)."""
+    return torch.arange(num_images) % num_classes
+
+
 @torch.no_grad()
 def generate(
-    pipeline: DDPMPipeline, num_images: int, num_inference_steps: int, seed: int, batch_size: int = 64
+    pipeline: DDPMPipeline | ClassConditionalDDPMPipeline,
+    num_images: int,
+    num_inference_steps: int,
+    seed: int,
+    batch_size: int = 64,
+    guidance_scale: float | None = None,
 ) -> np.ndarray:
     """Samples `num_images` images; returns uint8 of shape (num_images, H, W, C).
 
-    One generator seeded once drives every batch, so the result depends on `seed` alone.
+    One generator seeded once drives every batch, so the result depends on `seed` alone. A class-conditional
+    pipeline draws the classes `balanced_labels` in order, with `guidance_scale` (None: the pipeline's
+    default).
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
+    conditional = isinstance(pipeline, ClassConditionalDDPMPipeline)
+    labels = balanced_labels(num_images, pipeline.num_classes).tolist() if conditional else None
+    guidance = {} if guidance_scale is None or not conditional else {"guidance_scale": guidance_scale}
     batches = []
     for start in range(0, num_images, batch_size):
+        end = min(start + batch_size, num_images)
+        if conditional:
+            batch = {"class_labels": labels[start:end], **guidance}
+        else:
+            batch = {"batch_size": end - start}
         images = pipeline(
-            batch_size=min(batch_size, num_images - start),
-            generator=generator,
-            num_inference_steps=num_inference_steps,
-            output_type="np",
+            **batch, generator=generator, num_inference_steps=num_inference_steps, output_type="np"
         ).images
         batches.append(np.round(images * 255).astype(np.uint8))
     return np.concatenate(batches)
 
 
-def save_grid(images: np.ndarray, path: str | Path, padding: int = 2) -> Path:
-    """Writes uint8 images (N, H, W, C) as one PNG grid, as square as possible."""
+def grid_columns(pipeline) -> int | None:
+    """One column per class for a class-conditional pipeline with up to 16 classes (`generate` cycles
+    through them, so each column holds one class); None (a square grid) otherwise."""
+    classes = getattr(pipeline, "num_classes", 0)
+    return classes if 2 <= classes <= 16 else None
+
+
+def save_grid(images: np.ndarray, path: str | Path, padding: int = 2, cols: int | None = None) -> Path:
+    """Writes uint8 images (N, H, W, C) as one PNG grid, `cols` wide (default: as square as possible)."""
     n, h, w, c = images.shape
-    cols = math.ceil(math.sqrt(n))
+    cols = cols or math.ceil(math.sqrt(n))
     rows = math.ceil(n / cols)
     grid = np.zeros((rows * (h + padding) + padding, cols * (w + padding) + padding, c), dtype=np.uint8)
     for i, image in enumerate(images):

@@ -2,6 +2,9 @@
 
     python -m hf_ddpm.sample --model outputs/ddpm-mnist --sampler ddim --steps 50 --num-images 64 \\
         --seed 0 --out grid.png
+
+A class-conditional model draws the classes in label order, one grid column per class (up to 16), at
+`--guidance-scale` (default: the pipeline's).
 """
 
 from __future__ import annotations
@@ -22,11 +25,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--guidance-scale", type=float, help="class-conditional models: w of the guidance")
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--out", default="grid.png", help="PNG file for the grid")
     args = parser.parse_args(argv)
 
-    from .pipeline import generate, load_pipeline, save_grid
+    from .pipeline import generate, grid_columns, load_pipeline, save_grid
 
     steps = args.steps or (1000 if args.sampler == "ddpm" else 50)
     try:
@@ -34,9 +38,9 @@ def main(argv: list[str] | None = None) -> None:
     except (ValueError, OSError) as err:
         parser.error(str(err))
     start = time.perf_counter()
-    images = generate(pipeline, args.num_images, steps, args.seed, args.batch_size)
+    images = generate(pipeline, args.num_images, steps, args.seed, args.batch_size, args.guidance_scale)
     seconds = time.perf_counter() - start
-    path = save_grid(images, args.out)
+    path = save_grid(images, args.out, cols=grid_columns(pipeline))
     per_image = seconds / args.num_images
     print(f"{args.num_images} images, {args.sampler} {steps} steps, {per_image:.3f} s/image -> {path}")
 

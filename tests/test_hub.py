@@ -351,3 +351,33 @@ def test_push_refuses_a_folder_without_a_pipeline(tmp_path):
     )
     assert result.returncode == 2
     assert "holds no model_index.json" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_class_conditional_pipeline_travels_with_its_code_and_its_card_snippet_runs(hub, tmp_path):
+    """The pipeline file goes up with the weights; stock diffusers runs the card's snippet against the Hub
+    (remote code, hf_ddpm blocked) and gets what hf_ddpm's own loader gets from the local folder."""
+    from hf_ddpm.models import build_unet
+    from hf_ddpm.pipeline import export_pipeline, load_pipeline
+    from hf_ddpm.scheduler import LinearNoiseScheduler
+
+    folder, repo_id = tmp_path / "ddpm-cfg", "org/ddpm-cfg"
+    torch.manual_seed(0)
+    unet = build_unet("tiny", num_class_embeds=4)
+    export_pipeline(unet, LinearNoiseScheduler(), folder, id2label={0: "cat", 1: "dog", 2: "owl"})
+    cfg = load_config(REPO / "training" / "configs" / "tiny.yaml", ["--model.class_conditional", "true"])
+    write_model_card(folder, cfg, RunInfo(1.0, "CPU", 1, 5, 100, "mnist"), repo_id)
+    push(folder, repo_id, hub_env(hub.url, tmp_path / "up", ALICE, upload=True), tmp_path)
+    assert "class_conditional_ddpm.py" in HfApi(endpoint=hub.url, token=False).list_repo_files(repo_id)
+
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    assert f'DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)' in code
+    code += "\nimport numpy as np\nnp.save('images.npy', np.stack([np.asarray(i) for i in images]))\n"
+    run([sys.executable, "-c", 'import sys\nsys.modules["hf_ddpm"] = None\n' + code],
+        hub_env(hub.url, tmp_path / "home"), tmp_path)  # fmt: skip
+    remote = np.load(tmp_path / "images.npy")
+
+    ours = load_pipeline(folder, "ddim")  # tiny.yaml samples with DDIM, 20 steps; guidance 2
+    generator = torch.Generator().manual_seed(0)
+    local = ours(["cat", "dog", "owl"], 2.0, 20, generator=generator).images
+    assert remote.shape == (3, 28, 28)
+    np.testing.assert_array_equal(remote, np.stack([np.asarray(i) for i in local]))

@@ -1,6 +1,10 @@
 """The committed reference pipelines load offline with stock diffusers and draw what they claim to."""
 
 import json
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import numpy as np
@@ -42,3 +46,41 @@ def test_reference_mnist_pipeline_draws_digits_of_every_class():
     _, probs = predict(load_classifier("mnist"), images)
     # An untrained UNet scored legibility 1.0 on one repeated blob; only legibility with entropy means digits.
     assert legibility(probs) > 0.6 and class_entropy(probs) > 2.1
+
+
+# Stock diffusers alone, offline, hf_ddpm blocked: the pipeline file beside the weights does the sampling.
+DRAW_EACH_DIGIT = textwrap.dedent(
+    """
+    import sys
+    sys.modules["hf_ddpm"] = None
+    import numpy as np, torch
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+    pipeline = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+    labels = [str(i % 10) for i in range(50)]
+    out = pipeline(labels, guidance_scale=2.0, num_inference_steps=20,
+                   generator=torch.Generator().manual_seed(1), output_type="np")
+    np.save(sys.argv[2], out.images)
+    """
+)
+
+
+def test_reference_cfg_pipeline_draws_the_digit_asked_for(tmp_path):
+    folder = CHECKPOINTS / "ddpm-mnist-cfg"
+    assert (folder / "unet" / "diffusion_pytorch_model.safetensors").stat().st_size <= 16 * 2**20
+    assert (
+        'DiffusionPipeline.from_pretrained("checkpoints/ddpm-mnist-cfg", trust_remote_code=True)'
+        in (folder / "README.md").read_text()
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
+    result = subprocess.run(
+        [sys.executable, "-c", DRAW_EACH_DIGIT, str(folder), str(tmp_path / "out.npy")],
+        env=env, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = torch.from_numpy(np.round(np.load(tmp_path / "out.npy") * 255).astype(np.uint8)).permute(
+        0, 3, 1, 2
+    )
+    _, probs = predict(load_classifier("mnist"), images)
+    asked = torch.arange(50) % 10
+    assert (probs.argmax(-1) == asked).float().mean() > 0.9

@@ -1,4 +1,5 @@
-"""Train a DDPM (Ho et al. 2020) on a `datasets` image source and export a stock `DDPMPipeline`.
+"""Train a DDPM (Ho et al. 2020) on a `datasets` image source and export a stock `DDPMPipeline`
+(or, with `model.class_conditional`, a `ClassConditionalDDPMPipeline` with classifier-free guidance).
 
     accelerate launch training/train.py --config training/configs/mnist.yaml [--SECTION.KEY VALUE ...]
 
@@ -26,7 +27,7 @@ import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
-from diffusers import DDPMPipeline, UNet2DModel
+from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
@@ -40,8 +41,8 @@ from hf_ddpm.evaluate import data_floor, describe_protocol, evaluate_unet, load_
 from hf_ddpm.hub import HubPushError, create_repo, push_to_hub
 from hf_ddpm.model_card import RunInfo, describe_hardware, save_run_info, write_model_card
 from hf_ddpm.models import build_unet
-from hf_ddpm.objectives import diffusion_loss
-from hf_ddpm.pipeline import export_pipeline, generate, make_scheduler, save_grid
+from hf_ddpm.objectives import diffusion_loss, drop_labels
+from hf_ddpm.pipeline import export_pipeline, generate, grid_columns, make_pipeline, make_scheduler, save_grid
 from hf_ddpm.scheduler import LinearNoiseScheduler
 
 logger = get_logger(__name__, log_level="INFO")
@@ -88,7 +89,14 @@ def main(cfg: Config) -> None:
     reference = None
     if t.eval_every and accelerator.is_main_process:
         reference = load_reference(cfg.dataset.path or cfg.dataset.name, t.eval_classifier)
-    unet = build_unet(cfg.model.preset, info.image_size, info.channels, dropout=cfg.model.dropout)
+    try:
+        id2label = _class_labels(cfg, info.class_names)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    conditioning = {"num_class_embeds": len(id2label) + 1} if id2label else {}  # + the null class
+    unet = build_unet(
+        cfg.model.preset, info.image_size, info.channels, dropout=cfg.model.dropout, **conditioning
+    )
     scheduler = LinearNoiseScheduler(**dataclasses.asdict(cfg.diffusion))
     ema = None
     if t.use_ema:
@@ -165,13 +173,21 @@ def main(cfg: Config) -> None:
         _set_epoch(dataloader, dataset, epoch)
         batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
         skip = 0
-        for images, _labels in batches:
+        for images, labels in batches:
             x0 = to_model_range(images)
             if cfg.dataset.random_flip:
                 flip = torch.rand(x0.shape[0], generator=noise_rng, device=x0.device) < 0.5
                 x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            class_labels = None
+            if id2label:
+                if (labels < 0).any():
+                    raise ValueError(
+                        f"rows without a label in {cfg.dataset.label_column!r}: a class-conditional model "
+                        "needs every row labelled (filter the data or set model.class_conditional false)"
+                    )
+                class_labels = drop_labels(labels, len(id2label), t.cond_drop_prob, noise_rng)
             with accelerator.accumulate(unet):
-                loss = diffusion_loss(unet, scheduler, x0, noise_rng, t.snr_gamma)
+                loss = diffusion_loss(unet, scheduler, x0, noise_rng, t.snr_gamma, class_labels)
                 accelerator.backward(loss)
                 if accelerator.sync_gradients and t.max_grad_norm > 0:
                     accelerator.clip_grad_norm_(unet.parameters(), t.max_grad_norm)
@@ -209,6 +225,7 @@ def main(cfg: Config) -> None:
                     global_step,
                     clock["train_seconds"],
                     best_fid,
+                    id2label,
                 )
                 last_eval = (global_step, metrics)
             if global_step >= t.max_train_steps:
@@ -222,7 +239,7 @@ def main(cfg: Config) -> None:
     if ema is not None:
         ema.copy_to(model.parameters())  # training is over: the EMA weights are the model from here on
     if accelerator.is_main_process:
-        export_pipeline(model, scheduler, output_dir)
+        export_pipeline(model, scheduler, output_dir, id2label)
         if reference is not None:  # the final model's numbers go into eval.json and the model card
             final = last_eval[1] if last_eval[0] == global_step else None
             _final_report(model, scheduler, cfg, reference, output_dir / "eval.json", final)
@@ -271,11 +288,13 @@ def _sample_grid(accelerator, unet, ema, scheduler, cfg: Config, path: Path) -> 
     if accelerator.is_main_process:
         t = cfg.training
         with _ema_weights(accelerator, unet, ema) as model:
-            pipeline = DDPMPipeline(unet=model, scheduler=make_scheduler(t.sampler, scheduler.config))
+            pipeline = make_pipeline(model, make_scheduler(t.sampler, scheduler.config))
             pipeline.set_progress_bar_config(disable=True)
             start = time.perf_counter()
-            images = generate(pipeline, t.num_sample_images, t.num_inference_steps, seed=t.seed)
-            save_grid(images, path)
+            images = generate(
+                pipeline, t.num_sample_images, t.num_inference_steps, t.seed, guidance_scale=t.guidance_scale
+            )
+            save_grid(images, path, cols=grid_columns(pipeline))
         logger.info(
             f"wrote {path} ({t.sampler}, {t.num_inference_steps} steps, {time.perf_counter() - start:.0f} s)"
         )
@@ -293,6 +312,7 @@ def _evaluate(
     step: int,
     train_seconds: float,
     best_fid: float,
+    id2label: dict[int, str] | None,
 ) -> tuple[float, dict | None]:
     """Scores EMA samples (main process), logs them, and exports the pipeline to best/ when the
     classifier-FID is the lowest so far. Returns the best classifier-FID and the metrics (None off main)."""
@@ -304,7 +324,8 @@ def _evaluate(
             metrics = _eval_metrics(model, scheduler, cfg, reference)
             if metrics["classifier_fid"] < best_fid:
                 best_fid = metrics["classifier_fid"]
-                _export_atomically(model, scheduler, output_dir / "best", {"step": step, **metrics})
+                best = output_dir / "best"
+                _export_atomically(model, scheduler, best, {"step": step, **metrics}, id2label)
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         record = {"step": step, "train_minutes": train_seconds / 60, **metrics}
         with open(output_dir / "eval_log.jsonl", "a") as f:
@@ -328,6 +349,7 @@ def _eval_metrics(model, scheduler, cfg: Config, reference) -> dict[str, float]:
         t.eval_num_inference_steps,
         t.eval_num_images,
         t.seed,
+        t.guidance_scale,
     )
 
 
@@ -339,17 +361,19 @@ def _final_report(model, scheduler, cfg: Config, reference, path: Path, metrics:
         metrics = _eval_metrics(model, scheduler, cfg, reference)
         model.train()
     sampling = {"sampler": t.eval_sampler, "steps": t.eval_num_inference_steps, "seed": t.seed}
+    if cfg.model.class_conditional:
+        sampling["guidance_scale"] = t.guidance_scale
     protocol = describe_protocol(reference, t.eval_num_images, **sampling)
     write_report(
         path, {"protocol": protocol, "samples": metrics, "floor": data_floor(reference, t.eval_num_images)}
     )
 
 
-def _export_atomically(model, scheduler, folder: Path, metrics: dict) -> None:
+def _export_atomically(model, scheduler, folder: Path, metrics: dict, id2label: dict | None) -> None:
     """Exports the pipeline beside `folder` and swaps it in, so a kill never leaves a half-written best/."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    export_pipeline(model, scheduler, partial)
+    export_pipeline(model, scheduler, partial, id2label)
     (partial / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
@@ -390,6 +414,24 @@ def _register_state_hooks(
 
     accelerator.register_save_state_pre_hook(save_hook)
     accelerator.register_load_state_pre_hook(load_hook)
+
+
+def _class_labels(cfg: Config, class_names: list[str] | None) -> dict[int, str] | None:
+    """id2label of a class-conditional run (from the label column's ClassLabel), else None."""
+    if not cfg.model.class_conditional:
+        return None
+    if not class_names:
+        raise ValueError(
+            f"model.class_conditional needs class labels, but dataset.label_column "
+            f"{cfg.dataset.label_column!r} is not a ClassLabel column: name the right column or set "
+            "model.class_conditional false"
+        )
+    if not 0 <= cfg.training.cond_drop_prob < 1:
+        raise ValueError(
+            f"training.cond_drop_prob is {cfg.training.cond_drop_prob}: use a probability in [0, 1) "
+            "(0.1 is usual; 0 never trains the unconditional model that guidance needs)"
+        )
+    return dict(enumerate(class_names))
 
 
 def _set_epoch(dataloader, dataset, epoch: int) -> None:
