@@ -209,11 +209,13 @@ def _usage(cfg: Config, repo_id: str, unet: dict, id2label: dict[str, str] | Non
     )
     size, mode = unet["sample_size"], "L" if unet["in_channels"] == 1 else "RGB"
     if id2label:
-        names = list(id2label.values())[:4]
+        names = json.dumps(list(id2label.values())[:4])
         load = f'pipeline = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)'
         call = (
-            f"images = pipeline(class_labels={json.dumps(names)}, guidance_scale={t.guidance_scale:g}"
-            f"{steps}, generator=torch.Generator().manual_seed(0)).images"
+            f"labels = {names}  # class names (pipeline.labels) or indices\n"
+            "generator = torch.Generator().manual_seed(0)\n"
+            f"images = pipeline(labels, guidance_scale={t.guidance_scale:g}{steps}, generator=generator)"
+            ".images"
         )
     else:
         load = f'pipeline = DDPMPipeline.from_pretrained("{repo_id}")'

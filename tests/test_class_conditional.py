@@ -107,7 +107,7 @@ def test_training_exports_the_guided_pipeline_with_the_class_names_of_the_data(c
     assert 0 <= record["class_accuracy"] <= 1
     assert json.loads((cond_run / "eval.json").read_text())["protocol"]["guidance_scale"] == 2.0
     card = (cond_run / "README.md").read_text()
-    assert "trust_remote_code=True" in card and "class_labels=[" in card and "| Conditioning |" in card
+    assert "trust_remote_code=True" in card and "labels = [" in card and "| Conditioning |" in card
     assert "diffusers:ClassConditionalDDPMPipeline" in card
 
 
