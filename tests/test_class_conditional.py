@@ -102,7 +102,8 @@ def test_training_exports_the_guided_pipeline_with_the_class_names_of_the_data(c
     assert index["id2label"] == {str(i): name for i, name in enumerate(DIGITS)}  # MNIST's ClassLabel names
     assert (cond_run / "class_conditional_ddpm.py").read_bytes() == PIPELINE_FILE.read_bytes()
     assert json.loads((cond_run / "unet" / "config.json").read_text())["num_class_embeds"] == 11
-    assert Image.open(cond_run / "samples.png").size == (2 + 10 * 30, 2 + 2 * 30)  # one column per digit
+    with Image.open(cond_run / "samples.png") as grid:
+        assert grid.size == (2 + 10 * 30, 2 + 2 * 30)  # one column per digit
     record = json.loads((cond_run / "eval_log.jsonl").read_text().splitlines()[-1])
     assert 0 <= record["class_accuracy"] <= 1
     assert json.loads((cond_run / "eval.json").read_text())["protocol"]["guidance_scale"] == 2.0
@@ -112,11 +113,12 @@ def test_training_exports_the_guided_pipeline_with_the_class_names_of_the_data(c
 
 
 def test_resume_with_label_dropout_continues_exactly(cond_run, tmp_path, mnist_dir):
-    """Label dropout draws from the checkpointed generator: resuming at step 20 gives the same weights."""
+    """Label dropout draws from the checkpointed generator: resuming at step 20 gives the same weights.
+    Launched the same way as the first run: bitwise equality also needs the same CPU thread count."""
     resumed = tmp_path / "resumed"
     shutil.copytree(cond_run / "checkpoint-20", resumed / "checkpoint-20")
     run(
-        [sys.executable, *train_args(resumed, mnist_dir, "--training.resume_from_checkpoint", "latest")],
+        [*LAUNCH, *train_args(resumed, mnist_dir, "--training.resume_from_checkpoint", "latest")],
         tmp_path,
     )
     for name in ["model.safetensors", "unet_ema/diffusion_pytorch_model.safetensors"]:
