@@ -80,6 +80,9 @@ class TrainingConfig:
     adam_weight_decay: float = 0.0
     adam_epsilon: float = 1e-8
     max_grad_norm: float = 1.0
+    # A step whose loss is NaN or inf (on any process) updates nothing and is counted (`nonfinite_steps` in
+    # the logs); this many in a row stop the run with a message, leaving the last checkpoint as it was.
+    max_nonfinite_steps: int = 5
     # Min-SNR loss weighting (Hang et al. 2023): each timestep's loss is weighted by
     # min(SNR_t, gamma) / SNR_t (epsilon target; see objectives.py). None: plain L_simple.
     snr_gamma: float | None = None

@@ -279,3 +279,31 @@ def test_sample_cli_rejects_a_folder_without_a_pipeline(tmp_path):
 def test_import_is_cheap():
     code = "import sys, hf_ddpm; print(sorted({'torch', 'diffusers', 'datasets'} & set(sys.modules)))"
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "[]"
+
+
+def test_nonfinite_losses_skip_the_update_and_stop_the_run_after_k_in_a_row(tmp_path, mnist_dir):
+    """A learning rate of 1e12 without clipping blows the weights up after one step, so every later loss is
+    NaN or inf: those steps change nothing, and the third in a row stops the run with one line."""
+    out = tmp_path / "diverged"
+    result = subprocess.run(
+        [sys.executable, *TRAIN, "--training.output_dir", str(out), "--dataset.path", str(mnist_dir),
+         "--dataset.max_samples", "256", "--training.max_train_steps", "20",
+         "--training.learning_rate", "1e12", "--training.lr_warmup_steps", "0",
+         "--training.max_grad_norm", "0", "--training.max_nonfinite_steps", "3",
+         "--training.checkpointing_steps", "1", "--training.checkpoints_total_limit", "null",
+         "--training.use_ema", "false"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        .splitlines()[-1]
+        .startswith("error: the loss was NaN or inf for 3 steps in a row (up to step 4), so training stopped")
+    )
+    assert "Traceback" not in result.stderr
+    assert [f"step {s}: loss is" in result.stderr for s in (2, 3, 4)] == [True] * 3
+    # Step 1 updated the weights; the skipped steps 2 and 3 left them as they were, finite.
+    weights = [load_file(out / f"checkpoint-{s}" / "model.safetensors") for s in (1, 2, 3)]
+    assert all(torch.isfinite(w).all() for w in weights[0].values())
+    assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
+    assert not (out / "checkpoint-4").exists() and not (out / "model_index.json").exists()

@@ -167,6 +167,8 @@ def main(cfg: Config) -> None:
     )
     best_fid = _best_fid(output_dir)
     last_eval = (None, None)  # (step, metrics): eval.json reuses them when they scored the final weights
+    nonfinite = {"total": 0, "in_a_row": 0}  # optimizer steps skipped for a NaN or inf loss
+    window_finite = True  # every micro-batch of the current accumulation window had a finite loss
     unet.train()
     step_start = time.perf_counter()
     while global_step < t.max_train_steps:
@@ -188,20 +190,35 @@ def main(cfg: Config) -> None:
                 class_labels = drop_labels(labels, len(id2label), t.cond_drop_prob, noise_rng)
             with accelerator.accumulate(unet):
                 loss = diffusion_loss(unet, scheduler, x0, noise_rng, t.snr_gamma, class_labels)
-                accelerator.backward(loss)
-                if accelerator.sync_gradients and t.max_grad_norm > 0:
-                    accelerator.clip_grad_norm_(unet.parameters(), t.max_grad_norm)
-                optimizer.step()
-                lr_scheduler.step()
+                # A NaN or inf loss on any process skips the update on every process (the replicas stay
+                # equal); its gradients would turn every weight into NaN.
+                finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+                window_finite = window_finite and finite
+                if finite:
+                    accelerator.backward(loss)
+                if accelerator.sync_gradients and window_finite:
+                    if t.max_grad_norm > 0:
+                        accelerator.clip_grad_norm_(unet.parameters(), t.max_grad_norm)
+                    optimizer.step()
+                    lr_scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
             if not accelerator.sync_gradients:
                 continue
 
-            global_step += 1
-            if ema is not None:
+            global_step += 1  # a skipped step still counts, so the data position stays step-aligned
+            skipped, window_finite = not window_finite, True
+            nonfinite["total"] += skipped
+            nonfinite["in_a_row"] = nonfinite["in_a_row"] + 1 if skipped else 0
+            if skipped:
+                _check_nonfinite(nonfinite, global_step, t.max_nonfinite_steps, loss, progress)
+            elif ema is not None:
                 ema.step(unet.parameters())
             clock["train_seconds"] += time.perf_counter() - step_start
-            logs = {"loss": loss.detach().item(), "lr": lr_scheduler.get_last_lr()[0]}
+            logs = {
+                "loss": loss.detach().item(),
+                "lr": lr_scheduler.get_last_lr()[0],
+                "nonfinite_steps": nonfinite["total"],
+            }
             if ema is not None:
                 logs["ema_decay"] = ema.cur_decay_value
             progress.update(1)
@@ -432,6 +449,18 @@ def _class_labels(cfg: Config, class_names: list[str] | None) -> dict[int, str] 
             "(0.1 is usual; 0 never trains the unconditional model that guidance needs)"
         )
     return dict(enumerate(class_names))
+
+
+def _check_nonfinite(counts: dict, step: int, limit: int, loss: torch.Tensor, progress) -> None:
+    """Warns about a skipped step; stops the run (every process alike) after `limit` in a row."""
+    logger.warning(f"step {step}: loss is {loss.item()}, update skipped ({counts['in_a_row']} in a row)")
+    if counts["in_a_row"] >= limit:
+        progress.close()  # the error is the last line, not the bar
+        sys.exit(
+            f"error: the loss was NaN or inf for {counts['in_a_row']} steps in a row (up to step {step}), so "
+            "training stopped: lower training.learning_rate, keep training.max_grad_norm > 0 or use bf16 "
+            "rather than fp16, then resume with --training.resume_from_checkpoint latest"
+        )
 
 
 def _set_epoch(dataloader, dataset, epoch: int) -> None:
