@@ -2,7 +2,8 @@
 
 `accelerator.save_state` writes into `checkpoint-STEP.partial/`, which is renamed to `checkpoint-STEP`
 only once complete. A kill at any moment therefore leaves either no new folder or a complete one, and
-`latest` never picks a half-written checkpoint.
+`latest` never picks a half-written checkpoint. Before resuming, `check_model_weights` compares the
+checkpoint's weights with the model the config builds, so another config fails in one line.
 """
 
 from __future__ import annotations
@@ -68,3 +69,34 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def check_model_weights(path: str | Path, state_dict: dict) -> None:
+    """`ValueError` naming the first difference when `path/model.safetensors` does not hold weights of the
+    names and shapes in `state_dict` (a checkpoint of another model config), or is missing (only
+    safetensors weights are loaded, never pickles)."""
+    from safetensors import safe_open
+
+    weights = Path(path) / "model.safetensors"
+    if not weights.is_file():
+        raise ValueError(
+            f"{path} holds no model.safetensors: resume only from checkpoint folders written by "
+            "training/train.py (weights are read as safetensors, never unpickled)"
+        )
+    with safe_open(str(weights), framework="pt") as f:
+        found = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    expected = {k: tuple(v.shape) for k, v in state_dict.items()}
+    if found == expected:
+        return
+    reshaped = [k for k in sorted(found) if k in expected and found[k] != expected[k]]
+    if reshaped:
+        key = reshaped[0]
+        detail = f"{key} has shape {list(found[key])} there, {list(expected[key])} in the configured model"
+    else:
+        key = sorted(set(found) ^ set(expected))[0]
+        where = "only in the checkpoint" if key in found else "only in the configured model"
+        detail = f"{key} is {where}"
+    raise ValueError(
+        f"{path} was written by a different model config ({detail}): resume with that run's config "
+        "(its output_dir/config.yaml) or train into a new training.output_dir"
+    )

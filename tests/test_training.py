@@ -307,3 +307,27 @@ def test_nonfinite_losses_skip_the_update_and_stop_the_run_after_k_in_a_row(tmp_
     assert all(torch.isfinite(w).all() for w in weights[0].values())
     assert all(torch.equal(weights[0][k], w[k]) for w in weights[1:] for k in weights[0])
     assert not (out / "checkpoint-4").exists() and not (out / "model_index.json").exists()
+
+
+@pytest.mark.parametrize(
+    "change, detail",
+    [
+        (["--model.preset", "small"], "has shape"),
+        (["--model.class_conditional", "true"], "class_embedding.weight is only in the configured model"),
+    ],
+)
+def test_resuming_with_another_model_config_fails_in_one_line(tmp_path, mnist_dir, change, detail):
+    common = [sys.executable, *TRAIN, "--training.output_dir", str(tmp_path / "run"), "--dataset.path",
+              str(mnist_dir), "--dataset.max_samples", "64", "--training.checkpointing_steps", "1",
+              "--training.num_sample_images", "1", "--training.num_inference_steps", "1"]  # fmt: skip
+    run([*common, "--training.max_train_steps", "2"], cwd=tmp_path)
+    result = subprocess.run(
+        [*common, "--training.max_train_steps", "4", "--training.resume_from_checkpoint", "latest", *change],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert (
+        last.startswith("error: ") and "was written by a different model config (" in last and detail in last
+    )
+    assert "Traceback" not in result.stderr

@@ -34,7 +34,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hf_ddpm.checkpoints import checkpoint_step, resolve_checkpoint, save_checkpoint
+from hf_ddpm.checkpoints import check_model_weights, checkpoint_step, resolve_checkpoint, save_checkpoint
 from hf_ddpm.config import Config, load_config
 from hf_ddpm.data import load_image_dataset, to_model_range
 from hf_ddpm.evaluate import data_floor, describe_protocol, evaluate_unet, load_reference, write_report
@@ -143,6 +143,10 @@ def main(cfg: Config) -> None:
         if path is None:
             logger.info(f"no checkpoint in {output_dir}, starting from scratch")
         else:
+            try:
+                check_model_weights(path, accelerator.unwrap_model(unet).state_dict())
+            except ValueError as err:
+                sys.exit(f"error: {err}")
             accelerator.load_state(str(path))
             global_step = checkpoint_step(path)
             logger.info(f"resumed from {path} at step {global_step}")
