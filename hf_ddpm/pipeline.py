@@ -71,22 +71,48 @@ def load_pipeline(
             "(its output_dir) or at a Hub repo id"
         )
     index = _model_index(model)
-    if isinstance(index.get("_class_name"), list):
-        unet = UNet2DModel.from_pretrained(model, subfolder="unet", use_safetensors=True)
-        scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
-        pipeline = ClassConditionalDDPMPipeline(unet, scheduler, id2label=index.get("id2label"))
-    else:
-        pipeline = DDPMPipeline.from_pretrained(model, use_safetensors=True)
+    try:
+        if isinstance(index.get("_class_name"), list):
+            unet = UNet2DModel.from_pretrained(model, subfolder="unet", use_safetensors=True)
+            scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+            pipeline = ClassConditionalDDPMPipeline(unet, scheduler, id2label=index.get("id2label"))
+        else:
+            pipeline = DDPMPipeline.from_pretrained(model, use_safetensors=True)
+    except OSError as err:  # diffusers' multi-paragraph "Error no file named ..." / download errors
+        reason = " ".join(str(err).split())
+        raise ValueError(f"{model} is not a complete pipeline: {reason[:300]}") from err
     pipeline.scheduler = make_scheduler(sampler, pipeline.scheduler.config)
     return pipeline.to(device)
 
 
 def _model_index(model: str | Path) -> dict:
+    """`model_index.json` of a folder or a Hub repo; a Hub failure becomes a one-line `ValueError`."""
     path = Path(model) / "model_index.json"
     if not path.is_file():
         from huggingface_hub import hf_hub_download
+        from huggingface_hub.errors import (
+            LocalEntryNotFoundError,
+            RemoteEntryNotFoundError,
+            RepositoryNotFoundError,
+        )
 
-        path = hf_hub_download(str(model), "model_index.json")
+        try:
+            path = hf_hub_download(str(model), "model_index.json")
+        except RepositoryNotFoundError as err:
+            raise ValueError(
+                f"{model} is neither a folder nor a Hub repo you can read: check the id, or log in "
+                "(HF_TOKEN, `hf auth login`) for a private repo"
+            ) from err
+        except RemoteEntryNotFoundError as err:
+            raise ValueError(
+                f"Hub repo {model} holds no model_index.json, so it is not a diffusers pipeline: push one "
+                f"with `python -m hf_ddpm.hub push OUTPUT_DIR {model}`"
+            ) from err
+        except LocalEntryNotFoundError as err:
+            raise ValueError(
+                f"cannot reach the Hub for {model} and it is not in the local cache: check the network "
+                "and HF_ENDPOINT, or pass a local folder"
+            ) from err
     return json.loads(Path(path).read_text())
 
 

@@ -381,3 +381,35 @@ def test_a_class_conditional_pipeline_travels_with_its_code_and_its_card_snippet
     local = ours(["cat", "dog", "owl"], 2.0, 20, generator=generator).images
     assert remote.shape == (3, 28, 28)
     np.testing.assert_array_equal(remote, np.stack([np.asarray(i) for i in local]))
+
+
+UPLOAD = textwrap.dedent(
+    """
+    import sys
+    from huggingface_hub import HfApi
+    api = HfApi()
+    api.create_repo(sys.argv[1])
+    for path in sys.argv[2:]:
+        api.upload_file(path_or_fileobj=path, path_in_repo=path.split("/")[-1], repo_id=sys.argv[1])
+    """
+)
+
+
+@pytest.mark.parametrize(
+    "repo_id, files, expected",
+    [
+        ("org/missing", None, "org/missing is neither a folder nor a Hub repo you can read"),
+        ("org/card-only", ["README.md"], "Hub repo org/card-only holds no model_index.json"),
+        ("org/no-unet", ["model_index.json"], "org/no-unet is not a complete pipeline: Could not find"),
+    ],
+)
+def test_sampling_a_hub_repo_without_a_pipeline_fails_in_one_line(hub, tmp_path, repo_id, files, expected):
+    if files is not None:
+        paths = [str(REPO / "checkpoints" / "ddpm-mnist" / name) for name in files]
+        uploader = hub_env(hub.url, tmp_path / "up", ALICE, upload=True)
+        run([sys.executable, "-c", UPLOAD, repo_id, *paths], uploader, tmp_path)
+    result = run([sys.executable, "-m", "hf_ddpm.sample", "--model", repo_id, "--steps", "1"],
+                 hub_env(hub.url, tmp_path / "home"), tmp_path, ok=False)  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].startswith(f"python -m hf_ddpm.sample: error: {expected}")
+    assert "Traceback" not in result.stderr
