@@ -45,7 +45,6 @@ DATA_NOTES = {
 }
 DATA_DESCRIPTIONS = {"mnist": "handwritten digits (MNIST)", "textures": "Brodatz texture patches"}
 SAMPLER_CLASSES = {"ddpm": None, "ddim": "DDIMScheduler", "dpm-solver": "DPMSolverMultistepScheduler"}
-CONDITIONAL_MODULE = "class_conditional_ddpm"  # pipelines/class_conditional_ddpm.py, beside the weights
 SAMPLER_NAMES = {"ddpm": "DDPM ancestral sampling", "ddim": "DDIM", "dpm-solver": "DPM-Solver++"}
 
 
@@ -96,8 +95,11 @@ def write_model_card(
 
     repo_id = repo_id or cfg.training.hub_model_id
     parameters = _count_parameters(folder / "unet" / "diffusion_pytorch_model.safetensors")
-    id2label = _id2label(folder)
-    pipeline_class = "ClassConditionalDDPMPipeline" if id2label else "DDPMPipeline"
+    index = json.loads((folder / "model_index.json").read_text())
+    # A custom pipeline names [its code file, its class]; its id2label are the class names.
+    code, pipeline_class = index["_class_name"] if isinstance(index["_class_name"], list) else (None, None)
+    id2label = index.get("id2label") if code else None
+    pipeline_class, code_file = pipeline_class or "DDPMPipeline", f"{code}.py" if code else None
     kind = (
         ["class-conditional", "classifier-free-guidance"] if id2label else ["unconditional-image-generation"]
     )
@@ -119,9 +121,9 @@ def write_model_card(
         data,
         template_path=str(template),
         title=(repo_id or cfg.training.output_dir).rstrip("/").split("/")[-1],
-        summary=_summary(cfg, unet, scheduler, parameters, name, short, id2label),
+        summary=_summary(cfg, unet, scheduler, parameters, name, short, id2label, code_file),
         samples=_samples_caption(cfg, id2label) if (folder / "samples.png").is_file() else None,
-        pipeline_note=_pipeline_note(id2label),
+        pipeline_note=_pipeline_note(id2label, code_file),
         usage=_usage(cfg, repo_id or cfg.training.output_dir, unet, id2label),
         training=_training_rows(cfg, run, unet, name, id2label),
         scheduler=_scheduler_rows(scheduler),
@@ -149,6 +151,7 @@ def _summary(
     name: str,
     short: list[str],
     id2label: dict[str, str] | None,
+    code_file: str | None,
 ) -> str:
     kind = next((DATA_DESCRIPTIONS[k] for k in short if k in DATA_DESCRIPTIONS), f"the images of {name}")
     colour = "grayscale" if unet["in_channels"] == 1 else "RGB"
@@ -160,7 +163,7 @@ def _summary(
             f"A class-conditional image generator with classifier-free guidance ([Ho & Salimans 2021]"
             f"(https://arxiv.org/abs/2207.12598)) over {len(id2label)} classes"
         )
-        saved = f"`ClassConditionalDDPMPipeline` (the file `{CONDITIONAL_MODULE}.py` beside the weights)"
+        saved = f"`ClassConditionalDDPMPipeline` (the file `{code_file}` beside the weights)"
     else:
         opening, saved = "An unconditional image generator", "stock `DDPMPipeline`"
     return (
@@ -185,11 +188,11 @@ def _samples_caption(cfg: Config, id2label: dict[str, str] | None) -> str:
     )
 
 
-def _pipeline_note(id2label: dict[str, str] | None) -> str:
+def _pipeline_note(id2label: dict[str, str] | None, code_file: str | None) -> str:
     if not id2label:
         return "A stock `diffusers` pipeline: nothing from hf-ddpm is needed to load or sample it."
     return (
-        f"Stock `diffusers` plus the pipeline file that travels with the weights (`{CONDITIONAL_MODULE}.py`, "
+        f"Stock `diffusers` plus the pipeline file that travels with the weights (`{code_file}`, "
         "torch and diffusers only): `trust_remote_code=True` lets diffusers run it, so read it first. "
         "Nothing from hf-ddpm is needed. `guidance_scale` 0 samples the unconditional model, 1 the "
         "conditional one, larger values trade diversity for images that look more like their class."
@@ -232,12 +235,6 @@ def _usage(cfg: Config, repo_id: str, unet: dict, id2label: dict[str, str] | Non
         f'images[0].save("sample.png")  # PIL images, mode {mode}, {size}x{size}',
     ]
     return "\n".join(line for i, line in enumerate(lines) if line or i == 2)
-
-
-def _id2label(folder: Path) -> dict[str, str] | None:
-    """The class names of a class-conditional export (from `model_index.json`), else None."""
-    index = json.loads((folder / "model_index.json").read_text())
-    return index.get("id2label") if isinstance(index.get("_class_name"), list) else None
 
 
 def _training_rows(
