@@ -15,6 +15,7 @@ _EXPORTS = {
     "build_unet": "hf_ddpm.models",
     "load_image_dataset": "hf_ddpm.data",
     "ClassConditionalDDPMPipeline": "hf_ddpm.pipelines.class_conditional_ddpm",
+    "LatentDDPMPipeline": "hf_ddpm.pipelines.latent_ddpm",
 }
 
 __all__ = list(_EXPORTS)

@@ -1,4 +1,5 @@
-"""Typed training configuration: the YAML sections `dataset`, `model`, `diffusion`, `training`.
+"""Typed training configuration: the YAML sections `dataset`, `model`, `diffusion`, `training` of a DDPM run
+(`Config`), and `dataset`, `autoencoder`, `training` of an autoencoder run (`AutoencoderRunConfig`).
 
 The dataclasses below are the single source of truth for every key a config file or a dotted CLI
 override (`--training.learning_rate 2e-4`) may set. Unknown keys and wrong types fail with the key's
@@ -47,6 +48,10 @@ class ModelConfig:
     # of num_classes + 1 entries, the last one the learned null class of classifier-free guidance
     # (Ho & Salimans 2021), and the export is pipelines/class_conditional_ddpm.py's pipeline.
     class_conditional: bool = False
+    # Latent diffusion (Rombach et al. 2022): an AutoencoderKL folder or Hub repo (as written by
+    # training/train_autoencoder.py). The data are encoded once, the UNet (a `latent-*` preset) learns the
+    # scaled latents, and the export is pipelines/latent_ddpm.py's pipeline. None: diffusion on pixels.
+    latent_autoencoder: str | None = None
 
 
 @dataclass
@@ -131,7 +136,54 @@ class TrainingConfig:
 
 
 @dataclass
-class Config:
+class AutoencoderConfig:
+    """A diffusers `AutoencoderKL`: one `DownEncoderBlock2D` per entry of `block_out_channels`, all but the
+    last halving the size, so [32, 64, 64] maps 28x28 images to `latent_channels` x 7 x 7 latents."""
+
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
+    layers_per_block: int = 1
+    latent_channels: int = 4
+    norm_num_groups: int = 32
+    # Weight of KL(q(z|x) || N(0, I)) (summed over latent elements, averaged over images) beside the mean
+    # squared pixel error: small, so the latents keep the detail, yet enough to keep their scale bounded.
+    kl_weight: float = 1e-6
+
+
+@dataclass
+class AutoencoderTrainingConfig:
+    output_dir: str = "outputs/autoencoder-mnist"
+    seed: int = 0
+    train_batch_size: int = 64
+    max_train_steps: int = 2000
+    learning_rate: float = 1e-3
+    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
+    lr_warmup_steps: int = 100
+    max_grad_norm: float = 1.0
+    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    use_ema: bool = False
+    ema_max_decay: float = 0.999
+    checkpointing_steps: int = 500
+    checkpoints_total_limit: int | None = 2
+    resume_from_checkpoint: str | None = None
+    report_to: Literal["tensorboard", "none"] = "tensorboard"
+    # Reconstruction metrics on this many test images; the classifier of hf_ddpm.metrics reads them.
+    eval_num_images: int = 10_000
+    eval_classifier: str | None = None
+
+
+class _Sections:
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str | Path) -> None:
+        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+
+    def check(self) -> None:
+        """Checks between keys, after each key's own type check."""
+
+
+@dataclass
+class Config(_Sections):
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
@@ -144,45 +196,142 @@ class Config:
         values["training"]["hub_token"] = None
         return values
 
-    def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+    def check(self) -> None:
+        _check_values(self)
 
 
-def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> Config:
+@dataclass
+class AutoencoderRunConfig(_Sections):
+    """training/train_autoencoder.py's config."""
+
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    autoencoder: AutoencoderConfig = field(default_factory=AutoencoderConfig)
+    training: AutoencoderTrainingConfig = field(default_factory=AutoencoderTrainingConfig)
+
+    def check(self) -> None:
+        a = self.autoencoder
+        if not a.block_out_channels or any(c % a.norm_num_groups for c in a.block_out_channels):
+            raise ValueError(
+                f"autoencoder.block_out_channels {a.block_out_channels} must be non-empty multiples of "
+                f"autoencoder.norm_num_groups ({a.norm_num_groups})"
+            )
+        halvings = len(a.block_out_channels) - 1
+        if self.dataset.image_size % 2**halvings:
+            raise ValueError(
+                f"dataset.image_size {self.dataset.image_size} cannot be halved {halvings} times by "
+                f"autoencoder.block_out_channels {a.block_out_channels}: use a multiple of {2**halvings}"
+            )
+
+
+# Named in error messages as the example of a valid file.
+_EXAMPLE = "training/configs/mnist.yaml"
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | None = None, schema: type[_Sections] = Config
+) -> Any:
     """Reads a YAML config (or the defaults when `path` is None) and applies dotted overrides.
 
     Args:
-        path: YAML file with any of the sections `dataset`, `model`, `diffusion`, `training`.
+        path: YAML file with any of the sections of `schema` (`dataset`, `model`, `diffusion`, `training`).
         overrides: `["--training.learning_rate", "2e-4", "--dataset.path=/data/mnist", ...]`.
+        schema: `Config` (a DDPM run) or `AutoencoderRunConfig`.
     """
     raw: dict[str, Any] = {}
     if path is not None:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
+        if not Path(path).is_file():
+            raise ValueError(f"config {path} is not a file: pass --config a YAML file such as {_EXAMPLE}")
+        try:
+            raw = yaml.safe_load(Path(path).read_text()) or {}
+        except yaml.YAMLError as err:
+            mark = getattr(err, "problem_mark", None)
+            where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+            problem = getattr(err, "problem", None) or type(err).__name__
+            raise ValueError(
+                f"config {path} is not valid YAML ({problem}{where}): fix the syntax there"
+            ) from err
         if not isinstance(raw, dict):
-            raise ValueError(f"config {path}: expected a mapping of sections, got {type(raw).__name__}")
+            raise ValueError(
+                f"config {path}: expected a mapping of sections, got {type(raw).__name__}; write the "
+                f"sections dataset:, model:, diffusion:, training: as top-level keys, see {_EXAMPLE}"
+            )
     for key, value in _parse_overrides(overrides or []):
         section, _, name = key.partition(".")
         if not name:
             raise ValueError(f"override --{key}: use --SECTION.KEY VALUE, e.g. --training.learning_rate 2e-4")
         raw.setdefault(section, {})
         if not isinstance(raw[section], dict):
-            raise ValueError(f"config section '{section}' must be a mapping")
+            raise ValueError(_not_a_mapping(section, raw[section]))
         raw[section][name] = yaml.safe_load(value) if value != "" else None
-    return from_dict(raw)
+    return from_dict(raw, schema)
 
 
-def from_dict(raw: dict[str, Any]) -> Config:
-    sections = typing.get_type_hints(Config)
+def from_dict(raw: dict[str, Any], schema: type[_Sections] = Config) -> Any:
+    sections = typing.get_type_hints(schema)
     unknown = set(raw) - set(sections)
     if unknown:
-        raise ValueError(f"unknown config section(s) {sorted(unknown)}: allowed are {list(sections)}")
+        raise ValueError(
+            f"unknown config section(s) {sorted(unknown, key=str)}: allowed are {list(sections)}"
+        )
     built = {}
     for name, cls in sections.items():
         values = raw.get(name) or {}
         if not isinstance(values, dict):
-            raise ValueError(f"config section '{name}' must be a mapping, got {type(values).__name__}")
+            raise ValueError(_not_a_mapping(name, values))
         built[name] = _build_section(name, cls, values)
-    return Config(**built)
+    config = schema(**built)
+    config.check()
+    return config
+
+
+def _not_a_mapping(section: str, value: Any) -> str:
+    return (
+        f"config section '{section}' must be a mapping, got {type(value).__name__} {value!r}: write its "
+        f"keys indented below '{section}:', one 'key: value' per line (see {_EXAMPLE})"
+    )
+
+
+# Smallest allowed value of numeric keys: a 0 here would divide by zero, loop forever or build an empty model
+# far into a run, so it fails at load time instead.
+_MINIMUM = {
+    "dataset.image_size": 1,
+    "dataset.max_samples": 1,
+    "dataset.shuffle_buffer_size": 1,
+    "diffusion.num_train_timesteps": 1,
+    "training.train_batch_size": 1,
+    "training.max_train_steps": 1,
+    "training.gradient_accumulation_steps": 1,
+    "training.lr_warmup_steps": 0,
+    "training.max_nonfinite_steps": 1,
+    "training.dataloader_num_workers": 0,
+    "training.checkpointing_steps": 1,
+    "training.checkpoints_total_limit": 1,
+    "training.save_images_steps": 1,
+    "training.num_sample_images": 1,
+    "training.num_inference_steps": 1,
+    "training.eval_every": 0,
+    "training.eval_num_images": 1,
+    "training.eval_num_inference_steps": 1,
+}
+
+
+def _check_values(config: Config) -> None:
+    """Ranges, and the combinations the model needs (a preset that exists, an image size it can halve)."""
+    for key, low in _MINIMUM.items():
+        section, name = key.split(".")
+        value = getattr(getattr(config, section), name)
+        if value is not None and value < low:
+            raise ValueError(f"{key} is {value}: it must be at least {low}")
+    if config.dataset.channels not in (None, 1, 3):
+        raise ValueError(
+            f"dataset.channels is {config.dataset.channels}: use 1 (grayscale), 3 (RGB) or null (keep the "
+            "data's own)"
+        )
+    from .models import unet_config  # no torch import: only the preset table
+
+    # A latent UNet's input size is the autoencoder's latent size, checked once the autoencoder is loaded.
+    if config.model.latent_autoencoder is None:
+        unet_config(config.model.preset, config.dataset.image_size)
 
 
 def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
@@ -190,7 +339,7 @@ def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
     unknown = set(values) - set(hints)
     if unknown:
         raise ValueError(
-            f"unknown key(s) {', '.join(f'{section}.{k}' for k in sorted(unknown))}: "
+            f"unknown key(s) {', '.join(f'{section}.{k}' for k in sorted(unknown, key=str))}: "
             f"'{section}' accepts {', '.join(hints)}"
         )
     return cls(**{k: _coerce(f"{section}.{k}", v, hints[k]) for k, v in values.items()})
@@ -210,6 +359,11 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
             except ValueError:
                 pass
         raise ValueError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list such as [32, 64], got {type(value).__name__} {value!r}")
+        (item,) = typing.get_args(annotation)
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if origin is Literal:
         choices = typing.get_args(annotation)
         if isinstance(value, bool):

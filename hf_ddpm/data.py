@@ -589,6 +589,18 @@ def load_image_dataset(
     return torch.utils.data.TensorDataset(images, labels), info
 
 
+def check_batches(num_rows: int | None, batch_size: int, num_processes: int = 1) -> None:
+    """`ValueError` when the rows cannot fill one global batch: with `drop_last` an epoch would then hold no
+    batch at all, and a training loop counting steps would wait forever. Unknown `num_rows` passes."""
+    needed = batch_size * num_processes
+    if num_rows is not None and num_rows < needed:
+        raise ValueError(
+            f"the dataset has {num_rows} rows, fewer than one global batch ({batch_size} per process x "
+            f"{num_processes} processes = {needed}), so no batch can be drawn: lower "
+            "training.train_batch_size, or raise dataset.max_samples / use a larger split"
+        )
+
+
 def _streamed_num_rows(ds: datasets.IterableDataset, source: str, cfg: DatasetConfig) -> int | None:
     """Rows of the whole split (all processes together), when known without reading the data."""
     split_info = (ds.info.splits or {}).get(cfg.split) if ds.info else None

@@ -118,12 +118,14 @@ def evaluate_unet(
     num_images: int,
     seed: int,
     guidance_scale: float | None = None,
+    vae=None,
 ) -> dict[str, float]:
-    """Samples `num_images` from a UNet (in eval mode) and scores them; used by training's `eval_every`.
-    A class-conditional UNet draws every class equally often, with `guidance_scale`."""
+    """Samples `num_images` from a UNet (in eval mode; a latent one decoded by `vae`) and scores them; used
+    by training's `eval_every`. A class-conditional UNet draws every class equally often, with
+    `guidance_scale`."""
     from .pipeline import make_pipeline, make_scheduler
 
-    pipeline = make_pipeline(unet, make_scheduler(sampler, scheduler_config))
+    pipeline = make_pipeline(unet, make_scheduler(sampler, scheduler_config), vae=vae)
     start = time.perf_counter()
     images, labels = sample_for_scoring(pipeline, num_images, steps, seed, guidance_scale=guidance_scale)
     return score(images, ref, labels=labels) | {"sample_seconds": time.perf_counter() - start}

@@ -22,7 +22,6 @@ from pathlib import Path
 
 # The files of a push, relative to the output folder; unet/ and scheduler/ go in whole.
 TOP_LEVEL_FILES = ("model_index.json", "README.md", "samples.png", "config.yaml", "eval.json")
-FOLDERS = ("unet", "scheduler")
 
 
 class HubPushError(RuntimeError):
@@ -37,14 +36,17 @@ def files_to_upload(output_dir: str | Path) -> list[str]:
             f"{folder} holds no model_index.json: push a folder written by training/train.py (its output_dir)"
         )
     files = [name for name in TOP_LEVEL_FILES if (folder / name).is_file()]
+    index = json.loads((folder / "model_index.json").read_text())
     # A custom pipeline (model_index.json's `_class_name` is [module, class]) travels with its code file.
-    class_name = json.loads((folder / "model_index.json").read_text()).get("_class_name")
+    class_name = index.get("_class_name")
     if isinstance(class_name, list):
         code = f"{class_name[0]}.py"
         if not (folder / code).is_file():
             raise ValueError(f"{folder} lacks {code}, the pipeline file its model_index.json names")
         files.append(code)
-    for sub in FOLDERS:
+    # The components (unet, scheduler, vae): model_index.json maps each to [library, class].
+    components = [key for key, value in index.items() if not key.startswith("_") and isinstance(value, list)]
+    for sub in components:
         found = [
             p.relative_to(folder).as_posix()
             for p in sorted((folder / sub).rglob("*"))

@@ -83,6 +83,8 @@ def write_model_card(
 
     folder = Path(output_dir)
     unet = json.loads((folder / "unet" / "config.json").read_text())
+    vae_config = folder / "vae" / "config.json"  # a latent diffusion model's autoencoder
+    vae = json.loads(vae_config.read_text()) if vae_config.is_file() else None
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
     name = cfg.dataset.name or Path(run.data_source).name
     short = _short_names(cfg, run)
@@ -121,11 +123,13 @@ def write_model_card(
         data,
         template_path=str(template),
         title=(repo_id or cfg.training.output_dir).rstrip("/").split("/")[-1],
-        summary=_summary(cfg, unet, scheduler, parameters, name, short, id2label, code_file),
+        summary=_summary(
+            cfg, unet, scheduler, parameters, name, short, id2label, pipeline_class, code_file, vae
+        ),
         samples=_samples_caption(cfg, id2label) if (folder / "samples.png").is_file() else None,
         pipeline_note=_pipeline_note(id2label, code_file),
-        usage=_usage(cfg, repo_id or cfg.training.output_dir, unet, id2label),
-        training=_training_rows(cfg, run, unet, name, id2label),
+        usage=_usage(cfg, repo_id or cfg.training.output_dir, _image_geometry(unet, vae), id2label, vae),
+        training=_training_rows(cfg, run, unet, name, id2label, vae),
         scheduler=_scheduler_rows(scheduler),
         unet=_unet_rows(cfg, unet, parameters),
         evaluation=_evaluation_rows(folder / "eval.json"),
@@ -143,6 +147,12 @@ def _short_names(cfg: Config, run: RunInfo) -> list[str]:
     return [Path(n.rstrip("/")).name.lower() for n in names if n]
 
 
+def _image_geometry(unet: dict, vae: dict | None) -> tuple[int, int]:
+    """(size, channels) of the generated images: the autoencoder's for a latent model, else the UNet's."""
+    model = vae or unet
+    return model["sample_size"], model["in_channels"]
+
+
 def _summary(
     cfg: Config,
     unet: dict,
@@ -151,10 +161,13 @@ def _summary(
     name: str,
     short: list[str],
     id2label: dict[str, str] | None,
+    pipeline_class: str,
     code_file: str | None,
+    vae: dict | None,
 ) -> str:
     kind = next((DATA_DESCRIPTIONS[k] for k in short if k in DATA_DESCRIPTIONS), f"the images of {name}")
-    colour = "grayscale" if unet["in_channels"] == 1 else "RGB"
+    size, channels = _image_geometry(unet, vae)
+    colour = "grayscale" if channels == 1 else "RGB"
     target = {"epsilon": "the noise ε", "v_prediction": "v", "sample": "x_0"}[scheduler["prediction_type"]]
     ema = cfg.training.use_ema
     weights = "an exponential moving average (EMA) of the training weights" if ema else "the final weights"
@@ -163,13 +176,25 @@ def _summary(
             f"A class-conditional image generator with classifier-free guidance ([Ho & Salimans 2021]"
             f"(https://arxiv.org/abs/2207.12598)) over {len(id2label)} classes"
         )
-        saved = f"`ClassConditionalDDPMPipeline` (the file `{code_file}` beside the weights)"
     else:
-        opening, saved = "An unconditional image generator", "stock `DDPMPipeline`"
+        opening = "An unconditional image generator"
+    saved = (
+        f"`{pipeline_class}` (the file `{code_file}` beside the weights)"
+        if code_file
+        else "stock `DDPMPipeline`"
+    )
+    latent = ""
+    if vae:
+        shape = f"{unet['in_channels']}x{unet['sample_size']}x{unet['sample_size']}"
+        latent = (
+            f" The diffusion runs in the {shape} latent space of an "
+            "`AutoencoderKL` (`vae/`), which decodes its samples: latent diffusion "
+            "([Rombach et al. 2022](https://arxiv.org/abs/2112.10752))."
+        )
     return (
         f"{opening}: a denoising diffusion probabilistic model (DDPM, "
         f"[Ho et al. 2020](https://arxiv.org/abs/2006.11239)) that turns Gaussian noise into "
-        f"{unet['sample_size']}x{unet['sample_size']} {colour} images of {kind}. The network is a "
+        f"{size}x{size} {colour} images of {kind}.{latent} The network is a "
         f"`UNet2DModel` (hf-ddpm's `{cfg.model.preset}` preset, {parameters:,} parameters) that predicts "
         f"{target} under a {scheduler['beta_schedule']} noise schedule of {scheduler['num_train_timesteps']} "
         f"steps. It was trained with hf-ddpm (diffusers, accelerate, datasets) and is saved as a {saved} "
@@ -189,39 +214,54 @@ def _samples_caption(cfg: Config, id2label: dict[str, str] | None) -> str:
 
 
 def _pipeline_note(id2label: dict[str, str] | None, code_file: str | None) -> str:
-    if not id2label:
+    if not code_file:
         return "A stock `diffusers` pipeline: nothing from hf-ddpm is needed to load or sample it."
+    guidance = (
+        " `guidance_scale` 0 samples the unconditional model, 1 the conditional one, larger values trade "
+        "diversity for images that look more like their class."
+        if id2label
+        else ""
+    )
     return (
         f"Stock `diffusers` plus the pipeline file that travels with the weights (`{code_file}`, "
         "torch and diffusers only): `trust_remote_code=True` lets diffusers run it, so read it first. "
-        "Nothing from hf-ddpm is needed. `guidance_scale` 0 samples the unconditional model, 1 the "
-        "conditional one, larger values trade diversity for images that look more like their class."
+        f"Nothing from hf-ddpm is needed.{guidance}"
     )
 
 
-def _usage(cfg: Config, repo_id: str, unet: dict, id2label: dict[str, str] | None = None) -> str:
+def _usage(
+    cfg: Config,
+    repo_id: str,
+    geometry: tuple[int, int],
+    id2label: dict[str, str] | None = None,
+    vae: dict | None = None,
+) -> str:
     """Python that loads the pipeline and samples it the way `samples.png` was made (sampler, steps)."""
     t = cfg.training
     scheduler_class = SAMPLER_CLASSES[t.sampler]
-    pipeline_class = "DiffusionPipeline" if id2label else "DDPMPipeline"
+    remote_code = bool(id2label or vae)
+    pipeline_class = "DiffusionPipeline" if remote_code else "DDPMPipeline"
     imports = ", ".join(c for c in (scheduler_class, pipeline_class) if c)
     steps = (
         ""
         if t.sampler == "ddpm" and t.num_inference_steps == 1000
         else f", num_inference_steps={t.num_inference_steps}"
     )
-    size, mode = unet["sample_size"], "L" if unet["in_channels"] == 1 else "RGB"
+    size, mode = geometry[0], "L" if geometry[1] == 1 else "RGB"
+    if remote_code:
+        load = f'pipeline = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)'
+    else:
+        load = f'pipeline = DDPMPipeline.from_pretrained("{repo_id}")'
     if id2label:
         names = json.dumps(list(id2label.values())[:4])
-        load = f'pipeline = DiffusionPipeline.from_pretrained("{repo_id}", trust_remote_code=True)'
+        labels = "class_labels=labels" if vae else "labels"
         call = (
             f"labels = {names}  # class names (pipeline.labels) or indices\n"
             "generator = torch.Generator().manual_seed(0)\n"
-            f"images = pipeline(labels, guidance_scale={t.guidance_scale:g}{steps}, generator=generator)"
+            f"images = pipeline({labels}, guidance_scale={t.guidance_scale:g}{steps}, generator=generator)"
             ".images"
         )
     else:
-        load = f'pipeline = DDPMPipeline.from_pretrained("{repo_id}")'
         call = f"images = pipeline(batch_size=16{steps}, generator=torch.Generator().manual_seed(0)).images"
     lines = [
         "import torch",
@@ -238,7 +278,12 @@ def _usage(cfg: Config, repo_id: str, unet: dict, id2label: dict[str, str] | Non
 
 
 def _training_rows(
-    cfg: Config, run: RunInfo, unet: dict, name: str, id2label: dict[str, str] | None = None
+    cfg: Config,
+    run: RunInfo,
+    unet: dict,
+    name: str,
+    id2label: dict[str, str] | None = None,
+    vae: dict | None = None,
 ) -> list[tuple[str, str]]:
     t = cfg.training
     source = f"[{name}](https://huggingface.co/datasets/{name})" if "/" in name else f"`{name}`"
@@ -263,6 +308,19 @@ def _training_rows(
     return [
         ("Dataset", f"{source}, split `{cfg.dataset.split}`{images}"),
         ("Image size", f"{unet['in_channels']}x{unet['sample_size']}x{unet['sample_size']}"),
+        *(
+            [
+                (
+                    "Latent space",
+                    f"`AutoencoderKL` from `{cfg.model.latent_autoencoder}`: {vae['sample_size']}x"
+                    f"{vae['sample_size']} images as {unet['in_channels']}x{unet['sample_size']}x"
+                    f"{unet['sample_size']} latents, scaling factor {vae['scaling_factor']:.4g}; the "
+                    "training set encoded once",
+                )
+            ]
+            if vae
+            else []
+        ),
         ("Random flips", "yes" if cfg.dataset.random_flip else "no"),
         ("Steps", f"{run.steps:,} optimizer steps{epochs}"),
         ("Batch", batch),

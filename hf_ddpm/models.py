@@ -50,6 +50,25 @@ PRESETS: dict[str, dict[str, Any]] = {
         attention_head_dim=32,
         time_embedding_dim=128,
     ),
+    # Latent diffusion on the 4x7x7 latents of training/train_autoencoder.py: 7 cannot be halved, so one
+    # level of ResNets with self-attention at 7x7 (49 positions), a mid block, and the mirrored up level.
+    "latent-small": dict(
+        block_out_channels=(96,),
+        layers_per_block=2,
+        down_block_types=("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",),
+        norm_num_groups=32,
+        attention_head_dim=32,
+    ),
+    "latent-tiny": dict(
+        block_out_channels=(32,),
+        layers_per_block=1,
+        down_block_types=("AttnDownBlock2D",),
+        up_block_types=("AttnUpBlock2D",),
+        norm_num_groups=8,
+        attention_head_dim=16,
+        time_embedding_dim=32,
+    ),
 }
 
 

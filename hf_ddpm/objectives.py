@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import hashlib
+from typing import NamedTuple
+
 import torch
 import torch.nn.functional as F
 
@@ -13,6 +16,8 @@ def diffusion_loss(
     generator: torch.Generator | None = None,
     snr_gamma: float | None = None,
     class_labels: torch.Tensor | None = None,
+    noise: torch.Tensor | None = None,
+    timesteps: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Mean squared error between the model's prediction and its target, at a random timestep per image.
 
@@ -27,13 +32,16 @@ def diffusion_loss(
         snr_gamma: Min-SNR weighting (Hang et al. 2023): every target is weighted so that its loss
             equals the x_0 loss times min(SNR_t, gamma), which stops the easy low-noise steps from
             dominating. None: the unweighted loss.
-        class_labels: int64 (batch,) class indices for a class-conditional UNet (see `drop_labels`).
+        class_labels: int64 (batch,) class indices for a class-conditional UNet.
+        noise, timesteps: eps (shape of `x0`) and t (int64, (batch,)) drawn beforehand (`draw_batch`);
+            drawn from `generator` when None.
     """
-    batch = x0.shape[0]
-    noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
-    timesteps = torch.randint(
-        0, scheduler.config.num_train_timesteps, (batch,), generator=generator, device=x0.device
-    )
+    if noise is None:
+        noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
+    if timesteps is None:
+        timesteps = torch.randint(
+            0, scheduler.config.num_train_timesteps, (x0.shape[0],), generator=generator, device=x0.device
+        )
     noisy = scheduler.add_noise(x0, noise, timesteps)
     prediction_type = scheduler.config.prediction_type
     if prediction_type == "epsilon":
@@ -69,10 +77,45 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Te
     return weight.float()
 
 
-def drop_labels(
-    labels: torch.Tensor, null_class: int, drop_prob: float, generator: torch.Generator | None = None
-) -> torch.Tensor:
-    """Classifier-free guidance training (Ho & Salimans 2021): each label becomes `null_class` with
-    probability `drop_prob`, so the network learns eps(x_t, t, null), the unconditional model, as well."""
-    drop = torch.rand(labels.shape, generator=generator, device=labels.device) < drop_prob
-    return torch.where(drop, torch.full_like(labels, null_class), labels)
+class BatchDraws(NamedTuple):
+    """The random numbers of one training micro-batch, for this process's rows."""
+
+    noise: torch.Tensor  # (batch, C, H, W): eps ~ N(0, I)
+    timesteps: torch.Tensor  # int64 (batch,): t ~ Uniform({0, ..., T-1})
+    flip: torch.Tensor  # bool (batch,): mirror the image (dataset.random_flip)
+    drop: torch.Tensor  # bool (batch,): replace the label by the null class (classifier-free guidance)
+
+
+def draw_batch(
+    seed: int,
+    micro_step: int,
+    shape: tuple[int, ...],
+    num_train_timesteps: int,
+    drop_prob: float = 0.0,
+    num_processes: int = 1,
+    process_index: int = 0,
+    device: str | torch.device = "cpu",
+) -> BatchDraws:
+    """Draws the noise, timesteps, flips and label dropout of micro-batch `micro_step` (counted from 0
+    over the whole run).
+
+    Everything is drawn for the global micro-batch (`num_processes * shape[0]` rows, in the order the
+    processes' shards make it up) from a generator seeded by (`seed`, `micro_step`), and this process
+    keeps its rows. So an image's random numbers depend only on the step and its place in the global
+    batch: one process at batch 2B draws what two processes at batch B draw together, and a resumed
+    run needs no generator state.
+
+    Args:
+        shape: this process's batch of images, (batch, channels, height, width).
+        drop_prob: the probability that `drop` is True for a row.
+    """
+    digest = hashlib.sha256(f"{seed}:{micro_step}".encode()).digest()
+    # torch's CPU generator keeps 32 bits of a seed: mix both numbers into those.
+    generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:4], "little"))
+    batch, rows = num_processes * shape[0], slice(process_index * shape[0], (process_index + 1) * shape[0])
+    options = {"generator": generator, "device": device}
+    flip = torch.rand(batch, **options) < 0.5
+    drop = torch.rand(batch, **options) < drop_prob
+    noise = torch.randn((batch, *shape[1:]), **options)
+    timesteps = torch.randint(0, num_train_timesteps, (batch,), **options)
+    return BatchDraws(noise[rows], timesteps[rows], flip[rows], drop[rows])

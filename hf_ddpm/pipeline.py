@@ -3,7 +3,8 @@
 The exported `scheduler/scheduler_config.json` names `DDPMScheduler`: our `LinearNoiseScheduler` has
 the same config keys and numerics, so a user with stock diffusers alone (no hf_ddpm installed) loads
 the pipeline and gets the same images for the same seed. Class-conditional UNets are exported as
-`pipelines/class_conditional_ddpm.py`'s pipeline, with that file beside the weights.
+`pipelines/class_conditional_ddpm.py`'s pipeline and latent diffusion models (a UNet with its autoencoder)
+as `pipelines/latent_ddpm.py`'s, each with its file beside the weights.
 """
 
 from __future__ import annotations
@@ -14,10 +15,18 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from diffusers import DDIMScheduler, DDPMPipeline, DDPMScheduler, DPMSolverMultistepScheduler, UNet2DModel
+from diffusers import (
+    AutoencoderKL,
+    DDIMScheduler,
+    DDPMPipeline,
+    DDPMScheduler,
+    DPMSolverMultistepScheduler,
+    UNet2DModel,
+)
 from PIL import Image
 
 from .pipelines.class_conditional_ddpm import ClassConditionalDDPMPipeline
+from .pipelines.latent_ddpm import LatentDDPMPipeline
 from .scheduler import LinearNoiseScheduler
 
 # Sampler names of the CLI and the training config -> scheduler classes swapped in through `from_config`.
@@ -36,9 +45,12 @@ def make_scheduler(sampler: str, config: dict):
 
 
 def make_pipeline(
-    unet: UNet2DModel, scheduler, id2label: dict[int, str] | None = None
-) -> DDPMPipeline | ClassConditionalDDPMPipeline:
-    """`ClassConditionalDDPMPipeline` for a UNet with a class embedding, else `DDPMPipeline`."""
+    unet: UNet2DModel, scheduler, id2label: dict[int, str] | None = None, vae: AutoencoderKL | None = None
+) -> DDPMPipeline | ClassConditionalDDPMPipeline | LatentDDPMPipeline:
+    """`LatentDDPMPipeline` with an autoencoder; else `ClassConditionalDDPMPipeline` for a UNet with a
+    class embedding, else `DDPMPipeline`."""
+    if vae is not None:
+        return LatentDDPMPipeline(vae=vae, unet=unet, scheduler=scheduler, id2label=id2label)
     if unet.config.num_class_embeds:
         return ClassConditionalDDPMPipeline(unet=unet, scheduler=scheduler, id2label=id2label)
     return DDPMPipeline(unet=unet, scheduler=scheduler)
@@ -49,11 +61,13 @@ def export_pipeline(
     scheduler: LinearNoiseScheduler,
     output_dir: str | Path,
     id2label: dict[int, str] | None = None,
+    vae: AutoencoderKL | None = None,
 ) -> None:
     """Writes `model_index.json`, `unet/` (safetensors) and `scheduler/` loadable by stock `DDPMPipeline`;
-    a class-conditional UNet gets `ClassConditionalDDPMPipeline` with `id2label` and its pipeline file."""
+    a class-conditional UNet gets `ClassConditionalDDPMPipeline` with `id2label` and its pipeline file, a
+    UNet with an autoencoder `LatentDDPMPipeline` with `vae/` too."""
     stock_scheduler = DDPMScheduler.from_config(scheduler.config)
-    make_pipeline(unet, stock_scheduler, id2label).save_pretrained(output_dir, safe_serialization=True)
+    make_pipeline(unet, stock_scheduler, id2label, vae).save_pretrained(output_dir, safe_serialization=True)
 
 
 def load_pipeline(
@@ -61,8 +75,8 @@ def load_pipeline(
 ) -> DDPMPipeline | ClassConditionalDDPMPipeline:
     """Loads an exported pipeline from a folder or a Hub repo id and swaps in `sampler`'s scheduler.
 
-    A class-conditional export is assembled from its UNet, scheduler and `id2label` with hf_ddpm's own
-    copy of the pipeline class: the `.py` file that travels with it is never executed here.
+    A class-conditional or latent export is assembled from its components and `id2label` with hf_ddpm's
+    own copy of the pipeline class: the `.py` file that travels with it is never executed here.
     """
     local = Path(model)
     if local.is_dir() and not (local / "model_index.json").is_file():
@@ -71,18 +85,46 @@ def load_pipeline(
             "(its output_dir) or at a Hub repo id"
         )
     index = _model_index(model)
+    if local.is_dir():
+        _refuse_pickled_weights(local, index)
     try:
         if isinstance(index.get("_class_name"), list):
             unet = UNet2DModel.from_pretrained(model, subfolder="unet", use_safetensors=True)
             scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
-            pipeline = ClassConditionalDDPMPipeline(unet, scheduler, id2label=index.get("id2label"))
+            id2label = index.get("id2label")
+            if index["_class_name"][-1] == LatentDDPMPipeline.__name__:
+                vae = AutoencoderKL.from_pretrained(model, subfolder="vae", use_safetensors=True)
+                pipeline = LatentDDPMPipeline(vae, unet, scheduler, id2label=id2label)
+            else:
+                pipeline = ClassConditionalDDPMPipeline(unet, scheduler, id2label=id2label)
         else:
             pipeline = DDPMPipeline.from_pretrained(model, use_safetensors=True)
     except OSError as err:  # diffusers' multi-paragraph "Error no file named ..." / download errors
         reason = " ".join(str(err).split())
-        raise ValueError(f"{model} is not a complete pipeline: {reason[:300]}") from err
+        raise ValueError(
+            f"{model} is not a complete pipeline: {reason[:300]}; export it again with training/train.py "
+            "(weights are read only as safetensors)"
+        ) from err
     pipeline.scheduler = make_scheduler(sampler, pipeline.scheduler.config)
     return pipeline.to(device)
+
+
+def _refuse_pickled_weights(folder: Path, index: dict) -> None:
+    """A component folder holding pickled weights and no safetensors is refused by name. diffusers (asked
+    for safetensors) would never unpickle it either, but its message only says no safetensors file exists."""
+    for name, value in index.items():
+        component = folder / name
+        if name.startswith("_") or not isinstance(value, list) or not component.is_dir():
+            continue
+        pickled = sorted(
+            f for f in component.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")
+        )
+        if pickled and not any(component.glob("*.safetensors")):
+            raise ValueError(
+                f"{pickled[0]} is refused: weights are loaded only as safetensors, never unpickled (a pickle "
+                "can run code); export the model from a copy you trust with save_pretrained(..., "
+                "safe_serialization=True), as training/train.py does"
+            )
 
 
 def _model_index(model: str | Path) -> dict:
@@ -123,7 +165,7 @@ def balanced_labels(num_images: int, num_classes: int) -> torch.Tensor:
 
 @torch.no_grad()
 def generate(
-    pipeline: DDPMPipeline | ClassConditionalDDPMPipeline,
+    pipeline: DDPMPipeline | ClassConditionalDDPMPipeline | LatentDDPMPipeline,
     num_images: int,
     num_inference_steps: int,
     seed: int,
@@ -137,7 +179,7 @@ def generate(
     default).
     """
     generator = torch.Generator(device="cpu").manual_seed(seed)
-    conditional = isinstance(pipeline, ClassConditionalDDPMPipeline)
+    conditional = bool(getattr(pipeline, "num_classes", 0))
     labels = balanced_labels(num_images, pipeline.num_classes).tolist() if conditional else None
     guidance = {} if guidance_scale is None or not conditional else {"guidance_scale": guidance_scale}
     batches = []

@@ -18,7 +18,6 @@ from safetensors.torch import load_file
 
 from hf_ddpm.metrics import within_class_spread
 from hf_ddpm.models import build_unet
-from hf_ddpm.objectives import drop_labels
 from hf_ddpm.pipeline import balanced_labels, load_pipeline
 from hf_ddpm.pipelines.class_conditional_ddpm import ClassConditionalDDPMPipeline
 
@@ -192,16 +191,6 @@ def test_requested_classes_never_reach_the_unet_as_the_null_class(pipeline):
     finally:
         hook.remove()
     assert set(balanced_labels(1000, 10).tolist()) == set(range(10))  # what evaluation requests: no null
-
-
-def test_label_dropout_rate_and_kept_labels():
-    labels = torch.randint(0, 10, (20_000,), generator=torch.Generator().manual_seed(0))
-    dropped = drop_labels(labels, NULL, 0.25, torch.Generator().manual_seed(1))
-    is_null = dropped == NULL
-    sigma = (0.25 * 0.75 / len(labels)) ** 0.5
-    assert abs(is_null.float().mean().item() - 0.25) < 5 * sigma
-    assert torch.equal(dropped[~is_null], labels[~is_null])
-    assert torch.equal(drop_labels(labels, NULL, 0.0, torch.Generator().manual_seed(1)), labels)
 
 
 def test_save_and_load_keep_id2label(tmp_path):

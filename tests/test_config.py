@@ -1,4 +1,5 @@
 import inspect
+import re
 from pathlib import Path
 
 import pytest
@@ -96,3 +97,84 @@ def test_resolved_config_round_trips(tmp_path):
     cfg = load_config(None, ["--model.preset", "tiny", "--training.learning_rate", "3e-4"])
     cfg.save(tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
+
+
+@pytest.mark.parametrize(
+    "text, match",
+    [
+        ("- dataset\n- model\n", r"expected a mapping of sections, got list; write the sections dataset:"),
+        ("just a word\n", "expected a mapping of sections, got str"),
+        ("training: [1, 2\n", r"is not valid YAML \(.* at line 2, column 1\): fix the syntax"),
+        ("training: 5\n", r"section 'training' must be a mapping, got int 5: write its keys indented"),
+        ("trainer:\n  seed: 1\n", r"unknown config section\(s\) \['trainer'\]: allowed are"),
+        ("training:\n  learnin_rate: 1\n", r"unknown key\(s\) training.learnin_rate: 'training' accepts"),
+        ("training:\n  1: 2\n  foo: 3\n", r"unknown key\(s\) training.1, training.foo"),
+        ("training:\n  max_train_steps: many\n", "training.max_train_steps: expected int, got str 'many'"),
+        (
+            "training:\n  learning_rate: [1, 2]\n",
+            r"training.learning_rate: expected float, got list \[1, 2\]",
+        ),
+        ("dataset:\n  path: 5\n", "dataset.path: expected str | None, got 5"),
+        ("training:\n  checkpointing_steps: 0\n", "training.checkpointing_steps is 0: it must be at least 1"),
+        ("training:\n  train_batch_size: -2\n", "training.train_batch_size is -2: it must be at least 1"),
+        ("dataset:\n  channels: 2\n", r"dataset.channels is 2: use 1 \(grayscale\), 3 \(RGB\) or null"),
+        ("model:\n  preset: huge\n", r"model.preset 'huge' is unknown: choose one of \['tiny'"),
+        ("dataset:\n  image_size: 30\n", "image size 30 cannot be halved 2 times .* for dataset.image_size"),
+    ],
+)
+def test_bad_yaml_files_name_the_problem_and_the_fix(tmp_path, text, match):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    with pytest.raises(ValueError, match=match) as err:
+        load_config(path)
+    assert "\n" not in str(err.value)
+
+
+def test_a_missing_config_file_is_a_value_error(tmp_path):
+    with pytest.raises(ValueError, match=r"nope.yaml is not a file: pass --config a YAML file such as"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_range_checks_accept_the_boundaries():
+    cfg = load_config(None, ["--training.lr_warmup_steps", "0", "--training.eval_every", "0",
+                             "--dataset.image_size", "32", "--dataset.channels", "3"])  # fmt: skip
+    assert (cfg.training.lr_warmup_steps, cfg.dataset.image_size, cfg.dataset.channels) == (0, 32, 3)
+
+
+# --- example `accelerate config` files ------------------------------------------------------------------
+
+ACCELERATE_CONFIGS = Path(__file__).parents[1] / "training" / "accelerate_configs"
+
+
+@pytest.mark.parametrize(
+    "name, distributed_type, num_processes, num_machines",
+    [
+        ("multi_gpu.yaml", "MULTI_GPU", 4, 1),
+        ("multi_node.yaml", "MULTI_GPU", 16, 2),
+        ("fsdp.yaml", "FSDP", 4, 1),
+        ("deepspeed_zero2.yaml", "DEEPSPEED", 4, 1),
+    ],
+)
+def test_accelerate_configs_load_with_accelerates_own_loader(
+    name, distributed_type, num_processes, num_machines
+):
+    import accelerate.commands.config.cluster as cluster
+    from accelerate.commands.config.config_args import load_config_from_file
+
+    config = load_config_from_file(str(ACCELERATE_CONFIGS / name))  # rejects unknown top-level keys
+    assert config.distributed_type == distributed_type
+    assert (config.num_processes, config.num_machines, config.machine_rank) == (
+        num_processes,
+        num_machines,
+        0,
+    )
+    assert config.mixed_precision == "bf16" and config.use_cpu is False
+    # The nested sections are not checked by the loader: their keys must be ones `accelerate config` writes.
+    source = Path(cluster.__file__).read_text()
+    for section in ("fsdp_config", "deepspeed_config"):
+        written = set(re.findall(rf'{section}\["(\w+)"\]', source))
+        assert set(getattr(config, section) or {}) <= written, section
+    if num_machines > 1:
+        assert config.main_process_ip and config.main_process_port
+    # The comment at the top says how to launch it with this very file.
+    assert f"--config_file training/accelerate_configs/{name}" in (ACCELERATE_CONFIGS / name).read_text()

@@ -18,6 +18,7 @@ from PIL import ImageOps
 from hf_ddpm.config import DatasetConfig
 from hf_ddpm.data import (
     StreamingImageDataset,
+    check_batches,
     decode_split,
     find_parquet_splits,
     load_image_dataset,
@@ -255,6 +256,49 @@ def test_colour_row_in_grayscale_split_is_not_silently_converted(tmp_path):
     )
     ds, _ = load_image_dataset(DatasetConfig(path=str(tmp_path), image_size=4, channels=1), progress=False)
     assert ds.tensors[0][2, 0, 0, 0].item() == 76  # ITU-R 601 luma of pure red
+
+
+def _solid(colour: tuple[int, ...], size: tuple[int, int]) -> bytes:
+    """A PNG of one colour: (v,) grayscale, (r, g, b) RGB; size is (width, height)."""
+    mode = "L" if len(colour) == 1 else "RGB"
+    buffer = io.BytesIO()
+    PILImage.new(mode, size, colour if mode == "RGB" else colour[0]).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def test_an_rgb_split_stays_rgb_unless_channels_1_asks_for_gray(tmp_path):
+    # channels unset: the data's own 3 channels, colour intact (the model is then built with 3 channels);
+    # channels: 1 is the documented, explicit conversion to ITU-R 601 luma.
+    _write_split(tmp_path, "train", [_solid((255, 0, 0), (4, 4)), _solid((0, 0, 255), (4, 4))])
+    ds, info = load_image_dataset(DatasetConfig(path=str(tmp_path), image_size=4), progress=False)
+    assert info.channels == 3 and ds.tensors[0][:, :, 0, 0].tolist() == [[255, 0, 0], [0, 0, 255]]
+    ds, info = load_image_dataset(DatasetConfig(path=str(tmp_path), image_size=4, channels=1), progress=False)
+    assert info.channels == 1 and ds.tensors[0][:, 0, 0, 0].tolist() == [76, 29]
+    # A gray row in a colour split is replicated to RGB, which loses nothing.
+    _write_split(tmp_path, "mixed", [_solid((0, 255, 0), (4, 4)), _solid((90,), (4, 4))])
+    ds, _ = load_image_dataset(DatasetConfig(path=str(tmp_path), split="mixed", image_size=4), progress=False)
+    assert ds.tensors[0][:, :, 0, 0].tolist() == [[0, 255, 0], [90, 90, 90]]
+
+
+@pytest.mark.parametrize("streaming", [False, True])
+def test_mixed_image_sizes_in_one_split_all_become_image_size(tmp_path, streaming):
+    # Each row is resized (shorter side) and centre-cropped on its own: one tensor shape, values kept.
+    sizes = [(8, 8), (4, 4), (12, 6), (5, 20), (3, 3)]
+    _write_split(tmp_path, "train", [_solid((40 * i,), size) for i, size in enumerate(sizes)])
+    cfg = DatasetConfig(path=str(tmp_path), image_size=4, streaming=streaming)
+    ds, info = load_image_dataset(cfg, progress=False)
+    images = ds.tensors[0] if not streaming else _stream_all(ds)[0]
+    assert images.shape == (5, 1, 4, 4) and info.image_size == 4
+    assert sorted(int(v) for v in images[:, 0].flatten(1).unique(dim=1).flatten()) == [0, 40, 80, 120, 160]
+
+
+def test_check_batches_refuses_a_split_smaller_than_a_global_batch():
+    check_batches(64, 32, 2)
+    check_batches(None, 32, 2)  # streaming with an unknown length
+    with pytest.raises(
+        ValueError, match=r"63 rows, fewer than one global batch \(32 per process x 2 .*= 64\)"
+    ):
+        check_batches(63, 32, 2)
 
 
 # --- streaming -------------------------------------------------------------------------------------

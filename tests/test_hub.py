@@ -157,6 +157,7 @@ def trained(hub_server, tmp_path_factory, shared_data):
     """The tiny preset, 5 steps on 256 Brodatz texture patches, pushed by train.py itself to REPO_ID.
 
     The token is given on the command line, the route most likely to leak it into config.yaml or logs.
+    The run's HF_HOME lies beside the output folder, in its working directory, so one scan covers all three.
     """
     out = tmp_path_factory.mktemp("train") / "ddpm-textures"
     result = run(
@@ -165,7 +166,7 @@ def trained(hub_server, tmp_path_factory, shared_data):
          "--training.max_train_steps", "5", "--training.checkpointing_steps", "2",
          "--training.save_images_steps", "2", "--training.report_to", "tensorboard",
          "--training.push_to_hub", "true", "--training.hub_model_id", REPO_ID, "--training.hub_token", ALICE],
-        hub_env(hub_server.url, tmp_path_factory.mktemp("home"), upload=True),
+        hub_env(hub_server.url, out.parent / "hf-home", upload=True),
         out.parent,
     )  # fmt: skip
     return out, result
@@ -177,10 +178,15 @@ def test_train_pushes_at_the_end_and_never_writes_the_token(trained, hub):
     assert set(hub.tree(REPO_ID)) == PUSHED_FILES | {".gitattributes"}
     assert yaml.safe_load((out / "config.yaml").read_text())["training"]["hub_token"] is None
     assert list((out / "logs").rglob("events.out.tfevents.*")), "TensorBoard logs (with hparams) were written"
-    leaks = [p for p in out.rglob("*") if p.is_file() and ALICE.encode() in p.read_bytes()]
-    assert leaks == []
+    # Every file the run wrote, binary ones included: output folder, working directory and HF_HOME.
+    written = [p for p in out.parent.rglob("*") if p.is_file()]
+    names = [p.relative_to(out).as_posix() for p in written if out in p.parents]
+    for kind in ["events.out.tfevents.", "optimizer.bin", "random_states_0.pkl", "model.safetensors", ".png"]:
+        assert any(kind in name for name in names), f"no {kind} file was scanned"
+    assert [p for p in written if ALICE.encode() in p.read_bytes()] == []
     assert ALICE not in result.stdout + result.stderr
-    assert ALICE.encode() not in b"".join(hub.object_bytes(e.sha256) for e in hub.tree(REPO_ID).values())
+    pushed = [hub.object_bytes(e.sha256) for e in hub.tree(REPO_ID).values()]
+    assert len(pushed) == len(PUSHED_FILES) + 1 and all(ALICE.encode() not in data for data in pushed)
 
 
 def test_push_uploads_exactly_the_pipeline_card_grid_and_config(trained, hub):

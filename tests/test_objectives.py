@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from hf_ddpm.objectives import diffusion_loss, min_snr_weight
+from hf_ddpm.objectives import diffusion_loss, draw_batch, min_snr_weight
 from hf_ddpm.scheduler import LinearNoiseScheduler
 
 
@@ -45,3 +45,26 @@ def test_snr_gamma_changes_the_loss_and_keeps_it_finite():
     # A zero prediction's epsilon loss is ~1 per pixel; min(SNR, 5) / SNR <= 1 only lowers it.
     assert plain.item() == pytest.approx(1.0, abs=0.1)
     assert 0 < weighted.item() < plain.item()
+
+
+def test_draw_batch_two_processes_draw_the_rows_of_one():
+    """What makes 1 process at batch 2B and 2 at batch B train on the same numbers."""
+    shape = (8, 1, 4, 4)
+    whole = draw_batch(0, 7, (16, 1, 4, 4), 1000, drop_prob=0.3)
+    halves = [draw_batch(0, 7, shape, 1000, 0.3, num_processes=2, process_index=r) for r in (0, 1)]
+    for name, value in whole._asdict().items():
+        assert torch.equal(torch.cat([getattr(h, name) for h in halves]), value), name
+    assert halves[0].noise.shape == shape and halves[0].timesteps.dtype == torch.int64
+    assert torch.equal(draw_batch(0, 7, shape, 1000).noise, draw_batch(0, 7, shape, 1000).noise)
+    assert not torch.equal(draw_batch(0, 8, shape, 1000).noise, draw_batch(0, 7, shape, 1000).noise)
+    assert not torch.equal(draw_batch(1, 7, shape, 1000).noise, draw_batch(0, 7, shape, 1000).noise)
+
+
+def test_draw_batch_rates():
+    draws = draw_batch(3, 0, (20_000, 1, 1, 1), 1000, drop_prob=0.25)
+    for mask, p in ((draws.drop, 0.25), (draws.flip, 0.5)):
+        sigma = (p * (1 - p) / len(mask)) ** 0.5
+        assert abs(mask.float().mean().item() - p) < 5 * sigma
+    assert not draw_batch(3, 0, (1000, 1, 1, 1), 1000, drop_prob=0.0).drop.any()
+    assert draws.timesteps.min() >= 0 and draws.timesteps.max() <= 999
+    assert abs(draws.noise.std().item() - 1) < 0.05

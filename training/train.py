@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import logging
 import os
@@ -26,7 +27,7 @@ from pathlib import Path
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
-from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
+from accelerate.utils import DataLoaderConfiguration, DistributedType, ProjectConfiguration, set_seed
 from diffusers import UNet2DModel
 from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
@@ -34,14 +35,24 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from hf_ddpm.checkpoints import check_model_weights, checkpoint_step, resolve_checkpoint, save_checkpoint
+from hf_ddpm.checkpoints import (
+    CheckpointWriteError,
+    check_free_space,
+    check_writable,
+    checkpoint_step,
+    load_checkpoint,
+    register_ema,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from hf_ddpm.config import Config, load_config
-from hf_ddpm.data import load_image_dataset, to_model_range
+from hf_ddpm.data import check_batches, load_image_dataset, to_model_range
 from hf_ddpm.evaluate import data_floor, describe_protocol, evaluate_unet, load_reference, write_report
 from hf_ddpm.hub import HubPushError, create_repo, push_to_hub
+from hf_ddpm.latents import encode_dataset, load_autoencoder
 from hf_ddpm.model_card import RunInfo, describe_hardware, save_run_info, write_model_card
 from hf_ddpm.models import build_unet
-from hf_ddpm.objectives import diffusion_loss, drop_labels
+from hf_ddpm.objectives import diffusion_loss, draw_batch
 from hf_ddpm.pipeline import export_pipeline, generate, grid_columns, make_pipeline, make_scheduler, save_grid
 from hf_ddpm.scheduler import LinearNoiseScheduler
 
@@ -72,9 +83,18 @@ def main(cfg: Config) -> None:
         # Data order depends on the seed and the epoch alone, so a resumed run sees the same batches.
         dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=t.seed),
     )
+    if accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
+        sys.exit(
+            f"error: train.py does not support {accelerator.distributed_type.value} yet: its EMA, sample "
+            "grids and checkpoints need every process to hold the whole model; use DDP (--multi_gpu, or "
+            "training/accelerate_configs/multi_gpu.yaml), every preset fits one GPU"
+        )
     repo_id = t.hub_model_id
     if accelerator.is_main_process:
-        _check_writable(output_dir)
+        try:
+            check_writable(output_dir)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
         cfg.save(output_dir / "config.yaml")
         if t.push_to_hub:
             # Before training, as diffusers' examples do, so a bad token or endpoint fails in seconds;
@@ -85,7 +105,11 @@ def main(cfg: Config) -> None:
                 sys.exit(f"error: {err}")
     set_seed(t.seed)  # the same initial weights on every process
 
-    dataset, info = load_image_dataset(cfg.dataset, seed=t.seed)
+    try:
+        dataset, info = load_image_dataset(cfg.dataset, seed=t.seed)
+        check_batches(info.num_rows, t.train_batch_size, accelerator.num_processes)
+    except (ValueError, RuntimeError) as err:  # hf_ddpm.data's one-line errors (Runtime: Hub unreachable)
+        sys.exit(f"error: {err}")
     reference = None
     if t.eval_every and accelerator.is_main_process:
         reference = load_reference(cfg.dataset.path or cfg.dataset.name, t.eval_classifier)
@@ -93,10 +117,26 @@ def main(cfg: Config) -> None:
         id2label = _class_labels(cfg, info.class_names)
     except ValueError as err:
         sys.exit(f"error: {err}")
+    vae, size, channels = None, info.image_size, info.channels
+    if cfg.model.latent_autoencoder:
+        try:
+            vae = load_autoencoder(cfg.model.latent_autoencoder, info.channels, accelerator.device)
+            dataset = encode_dataset(vae, dataset, cfg.dataset.random_flip)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
+        channels, size = dataset.tensors[0].shape[-3], dataset.tensors[0].shape[-1]
+    # What an export holds besides the UNet: the class names, the autoencoder of a latent model.
+    components = {"id2label": id2label, "vae": vae}
     conditioning = {"num_class_embeds": len(id2label) + 1} if id2label else {}  # + the null class
-    unet = build_unet(
-        cfg.model.preset, info.image_size, info.channels, dropout=cfg.model.dropout, **conditioning
-    )
+    try:
+        unet = build_unet(cfg.model.preset, size, channels, dropout=cfg.model.dropout, **conditioning)
+    except ValueError as err:
+        sys.exit(f"error: {err}")
+    if accelerator.is_main_process:
+        try:
+            check_free_space(output_dir, unet, t.use_ema)
+        except ValueError as err:
+            sys.exit(f"error: {err}")
     scheduler = LinearNoiseScheduler(**dataclasses.asdict(cfg.diffusion))
     ema = None
     if t.use_ema:
@@ -132,10 +172,10 @@ def main(cfg: Config) -> None:
         num_training_steps=t.max_train_steps * accelerator.num_processes,
     )
     unet, optimizer, dataloader, lr_scheduler = accelerator.prepare(unet, optimizer, dataloader, lr_scheduler)
-    # Timesteps, noise and flips come from this generator, checkpointed with the run (as safetensors).
-    noise_rng = torch.Generator(device=accelerator.device).manual_seed(t.seed + accelerator.process_index)
     clock = {"train_seconds": 0.0}  # optimizer steps only (the x axis of time-to-quality); checkpointed
-    _register_state_hooks(accelerator, ema, noise_rng, clock)
+    _register_clock(accelerator, clock)
+    if ema is not None:
+        register_ema(accelerator, ema, UNet2DModel, "unet_ema")
 
     global_step = 0
     if t.resume_from_checkpoint:
@@ -144,10 +184,9 @@ def main(cfg: Config) -> None:
             logger.info(f"no checkpoint in {output_dir}, starting from scratch")
         else:
             try:
-                check_model_weights(path, accelerator.unwrap_model(unet).state_dict())
+                load_checkpoint(accelerator, path, accelerator.unwrap_model(unet).state_dict())
             except ValueError as err:
                 sys.exit(f"error: {err}")
-            accelerator.load_state(str(path))
             global_step = checkpoint_step(path)
             logger.info(f"resumed from {path} at step {global_step}")
 
@@ -161,8 +200,8 @@ def main(cfg: Config) -> None:
     )
 
     batches_per_epoch = len(dataloader) if not cfg.dataset.streaming else None
-    consumed = global_step * t.gradient_accumulation_steps
-    epoch, skip = divmod(consumed, batches_per_epoch) if batches_per_epoch else (0, consumed)
+    micro_step = global_step * t.gradient_accumulation_steps  # batches consumed; keys the random numbers
+    epoch, skip = divmod(micro_step, batches_per_epoch) if batches_per_epoch else (0, micro_step)
     progress = tqdm(
         total=t.max_train_steps,
         initial=global_step,
@@ -180,23 +219,42 @@ def main(cfg: Config) -> None:
         batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
         skip = 0
         for images, labels in batches:
-            x0 = to_model_range(images)
-            if cfg.dataset.random_flip:
-                flip = torch.rand(x0.shape[0], generator=noise_rng, device=x0.device) < 0.5
-                x0 = torch.where(flip[:, None, None, None], x0.flip(-1), x0)
+            draws = draw_batch(
+                t.seed,
+                micro_step,
+                (len(images), channels, size, size),
+                scheduler.config.num_train_timesteps,
+                t.cond_drop_prob,
+                accelerator.num_processes,
+                accelerator.process_index,
+                images.device,
+            )
+            micro_step += 1
+            if vae is not None:  # scaled latents (B, views, C, h, w); view 1 is the mirrored image's
+                x0 = images[:, 0]
+                if cfg.dataset.random_flip:
+                    x0 = torch.where(draws.flip[:, None, None, None], images[:, 1], x0)
+            else:
+                x0 = to_model_range(images)
+                if cfg.dataset.random_flip:
+                    x0 = torch.where(draws.flip[:, None, None, None], x0.flip(-1), x0)
             class_labels = None
             if id2label:
                 if (labels < 0).any():
-                    raise ValueError(
-                        f"rows without a label in {cfg.dataset.label_column!r}: a class-conditional model "
-                        "needs every row labelled (filter the data or set model.class_conditional false)"
+                    sys.exit(
+                        f"error: rows without a label in {cfg.dataset.label_column!r}: a class-conditional "
+                        "model needs every row labelled (filter the data or set model.class_conditional "
+                        "false)"
                     )
-                class_labels = drop_labels(labels, len(id2label), t.cond_drop_prob, noise_rng)
+                class_labels = torch.where(draws.drop, len(id2label), labels)  # the null class
             with accelerator.accumulate(unet):
-                loss = diffusion_loss(unet, scheduler, x0, noise_rng, t.snr_gamma, class_labels)
+                loss = diffusion_loss(
+                    unet, scheduler, x0, None, t.snr_gamma, class_labels, draws.noise, draws.timesteps
+                )
                 # A NaN or inf loss on any process skips the update on every process (the replicas stay
                 # equal); its gradients would turn every weight into NaN.
-                finite = bool(accelerator.gather(torch.isfinite(loss.detach()).reshape(1)).all())
+                losses = accelerator.gather(loss.detach().reshape(1))
+                finite = bool(torch.isfinite(losses).all())
                 window_finite = window_finite and finite
                 if finite:
                     accelerator.backward(loss)
@@ -219,7 +277,7 @@ def main(cfg: Config) -> None:
                 ema.step(unet.parameters())
             clock["train_seconds"] += time.perf_counter() - step_start
             logs = {
-                "loss": loss.detach().item(),
+                "loss": losses.mean().item(),  # over the processes: the global batch's loss
                 "lr": lr_scheduler.get_last_lr()[0],
                 "nonfinite_steps": nonfinite["total"],
             }
@@ -232,9 +290,8 @@ def main(cfg: Config) -> None:
             if global_step % t.checkpointing_steps == 0 and global_step < t.max_train_steps:
                 save_checkpoint(accelerator, output_dir, global_step, t.checkpoints_total_limit)
             if global_step % t.save_images_steps == 0 and global_step < t.max_train_steps:
-                _sample_grid(
-                    accelerator, unet, ema, scheduler, cfg, output_dir / f"samples/step_{global_step:06d}.png"
-                )
+                grid = output_dir / f"samples/step_{global_step:06d}.png"
+                _sample_grid(accelerator, unet, ema, scheduler, cfg, grid, components)
             if t.eval_every and global_step % t.eval_every == 0:
                 best_fid, metrics = _evaluate(
                     accelerator,
@@ -246,7 +303,7 @@ def main(cfg: Config) -> None:
                     global_step,
                     clock["train_seconds"],
                     best_fid,
-                    id2label,
+                    components,
                 )
                 last_eval = (global_step, metrics)
             if global_step >= t.max_train_steps:
@@ -260,12 +317,12 @@ def main(cfg: Config) -> None:
     if ema is not None:
         ema.copy_to(model.parameters())  # training is over: the EMA weights are the model from here on
     if accelerator.is_main_process:
-        export_pipeline(model, scheduler, output_dir, id2label)
+        export_pipeline(model, scheduler, output_dir, **components)
         if reference is not None:  # the final model's numbers go into eval.json and the model card
             final = last_eval[1] if last_eval[0] == global_step else None
-            _final_report(model, scheduler, cfg, reference, output_dir / "eval.json", final)
+            _final_report(model, scheduler, cfg, reference, output_dir / "eval.json", final, vae)
     # ema=None: the model already holds the EMA weights, no swap needed.
-    grid = _sample_grid(accelerator, unet, None, scheduler, cfg, output_dir / "samples.png")
+    grid = _sample_grid(accelerator, unet, None, scheduler, cfg, output_dir / "samples.png", components)
     if accelerator.is_main_process:
         run = RunInfo(
             wall_time_s=time.perf_counter() - start,
@@ -304,12 +361,12 @@ def _ema_weights(accelerator, unet, ema):
             ema.restore(model.parameters())
 
 
-def _sample_grid(accelerator, unet, ema, scheduler, cfg: Config, path: Path) -> Path | None:
+def _sample_grid(accelerator, unet, ema, scheduler, cfg: Config, path: Path, components: dict) -> Path | None:
     """Samples `num_sample_images` from the EMA weights with a fixed seed (main process only)."""
     if accelerator.is_main_process:
         t = cfg.training
         with _ema_weights(accelerator, unet, ema) as model:
-            pipeline = make_pipeline(model, make_scheduler(t.sampler, scheduler.config))
+            pipeline = make_pipeline(model, make_scheduler(t.sampler, scheduler.config), **components)
             pipeline.set_progress_bar_config(disable=True)
             start = time.perf_counter()
             images = generate(
@@ -333,7 +390,7 @@ def _evaluate(
     step: int,
     train_seconds: float,
     best_fid: float,
-    id2label: dict[int, str] | None,
+    components: dict,
 ) -> tuple[float, dict | None]:
     """Scores EMA samples (main process), logs them, and exports the pipeline to best/ when the
     classifier-FID is the lowest so far. Returns the best classifier-FID and the metrics (None off main)."""
@@ -342,11 +399,11 @@ def _evaluate(
         t = cfg.training
         output_dir = Path(t.output_dir)
         with _ema_weights(accelerator, unet, ema) as model:
-            metrics = _eval_metrics(model, scheduler, cfg, reference)
+            metrics = _eval_metrics(model, scheduler, cfg, reference, components["vae"])
             if metrics["classifier_fid"] < best_fid:
                 best_fid = metrics["classifier_fid"]
                 best = output_dir / "best"
-                _export_atomically(model, scheduler, best, {"step": step, **metrics}, id2label)
+                _export_atomically(model, scheduler, best, {"step": step, **metrics}, components)
         accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         record = {"step": step, "train_minutes": train_seconds / 60, **metrics}
         with open(output_dir / "eval_log.jsonl", "a") as f:
@@ -360,7 +417,7 @@ def _evaluate(
     return best_fid, metrics
 
 
-def _eval_metrics(model, scheduler, cfg: Config, reference) -> dict[str, float]:
+def _eval_metrics(model, scheduler, cfg: Config, reference, vae) -> dict[str, float]:
     t = cfg.training
     return evaluate_unet(
         model,
@@ -371,15 +428,16 @@ def _eval_metrics(model, scheduler, cfg: Config, reference) -> dict[str, float]:
         t.eval_num_images,
         t.seed,
         t.guidance_scale,
+        vae,
     )
 
 
-def _final_report(model, scheduler, cfg: Config, reference, path: Path, metrics: dict | None) -> None:
+def _final_report(model, scheduler, cfg: Config, reference, path: Path, metrics: dict | None, vae) -> None:
     """eval.json: the final weights' metrics (sampled here unless the last eval already scored them)."""
     t = cfg.training
     if metrics is None:
         model.eval()
-        metrics = _eval_metrics(model, scheduler, cfg, reference)
+        metrics = _eval_metrics(model, scheduler, cfg, reference, vae)
         model.train()
     sampling = {"sampler": t.eval_sampler, "steps": t.eval_num_inference_steps, "seed": t.seed}
     if cfg.model.class_conditional:
@@ -390,11 +448,11 @@ def _final_report(model, scheduler, cfg: Config, reference, path: Path, metrics:
     )
 
 
-def _export_atomically(model, scheduler, folder: Path, metrics: dict, id2label: dict | None) -> None:
+def _export_atomically(model, scheduler, folder: Path, metrics: dict, components: dict) -> None:
     """Exports the pipeline beside `folder` and swaps it in, so a kill never leaves a half-written best/."""
     partial = folder.with_name(folder.name + ".partial")
     shutil.rmtree(partial, ignore_errors=True)
-    export_pipeline(model, scheduler, partial, id2label)
+    export_pipeline(model, scheduler, partial, **components)
     (partial / "eval.json").write_text(json.dumps(metrics, indent=2) + "\n")
     old = folder.with_name(folder.name + ".old")
     if folder.exists():
@@ -409,28 +467,17 @@ def _best_fid(output_dir: Path) -> float:
     return json.loads(path.read_text())["classifier_fid"] if path.is_file() else float("inf")
 
 
-def _register_state_hooks(
-    accelerator: Accelerator, ema: EMAModel | None, noise_rng: torch.Generator, clock: dict
-) -> None:
-    """Puts the EMA weights, the noise generator and the training clock in every checkpoint (safetensors)."""
-    rank = accelerator.process_index
+def _register_clock(accelerator: Accelerator, clock: dict) -> None:
+    """Puts the training clock in every checkpoint (safetensors). The random numbers of a step are keyed by
+    the step (`draw_batch`), so there is no generator state to save."""
 
     def save_hook(models, weights, output_dir):
-        if ema is not None and accelerator.is_main_process:
-            ema.save_pretrained(os.path.join(output_dir, "unet_ema"))
-        state = {
-            "state": noise_rng.get_state(),
-            "train_seconds": torch.tensor(clock["train_seconds"], dtype=torch.float64),
-        }
-        save_file(state, os.path.join(output_dir, f"noise_rng_{rank}.safetensors"))
+        if accelerator.is_main_process:
+            seconds = torch.tensor(clock["train_seconds"], dtype=torch.float64)
+            save_file({"train_seconds": seconds}, os.path.join(output_dir, "train_clock.safetensors"))
 
     def load_hook(models, input_dir):
-        if ema is not None:
-            loaded = EMAModel.from_pretrained(os.path.join(input_dir, "unet_ema"), model_cls=UNet2DModel)
-            ema.load_state_dict(loaded.state_dict())
-            ema.to(accelerator.device)
-        state = load_file(os.path.join(input_dir, f"noise_rng_{rank}.safetensors"))
-        noise_rng.set_state(state["state"])
+        state = load_file(os.path.join(input_dir, "train_clock.safetensors"))
         clock["train_seconds"] = state["train_seconds"].item()
 
     accelerator.register_save_state_pre_hook(save_hook)
@@ -475,18 +522,6 @@ def _set_epoch(dataloader, dataset, epoch: int) -> None:
         dataset.set_epoch(epoch)
 
 
-def _check_writable(output_dir: Path) -> None:
-    try:
-        output_dir.mkdir(parents=True, exist_ok=True)
-        probe = output_dir / ".write-test"
-        probe.write_text("ok")
-        probe.unlink()
-    except OSError as err:
-        sys.exit(
-            f"error: training.output_dir {output_dir} is not writable ({err.strerror}): choose another one"
-        )
-
-
 def _flat_hparams(cfg: Config) -> dict:
     """TensorBoard's hparams take scalars only: `section.key` -> value, None dropped."""
     flat = {}
@@ -497,8 +532,23 @@ def _flat_hparams(cfg: Config) -> dict:
     return flat
 
 
-if __name__ == "__main__":
+def cli(argv: list[str] | None = None) -> None:
+    """`main` with the command line's config; a full disk stops the run in one line."""
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO
     )
-    main(parse_args())
+    try:
+        main(parse_args(argv))
+    except CheckpointWriteError as err:
+        sys.exit(f"error: {err}")
+    except OSError as err:
+        if err.errno not in (errno.ENOSPC, errno.EDQUOT):
+            raise
+        sys.exit(
+            f"error: no space left on the device writing {err.filename}: free space or choose another "
+            "training.output_dir, then resume with --training.resume_from_checkpoint latest"
+        )
+
+
+if __name__ == "__main__":
+    cli()

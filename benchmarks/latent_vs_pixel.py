@@ -1,0 +1,105 @@
+"""Pixel-space against latent diffusion at 28x28: training step time, sampling time, quality and size.
+
+    .venv/bin/python benchmarks/latent_vs_pixel.py --steps 3000        # step times and the equal budget
+    .venv/bin/python benchmarks/latent_vs_pixel.py --pixel checkpoints/ddpm-mnist \\
+        --latent checkpoints/ldm-mnist --autoencoder checkpoints/autoencoder-mnist
+
+Everything timed is measured in the same run on this machine, each model after warm-up:
+- training step: the UNet's forward, backward and AdamW step on one batch, with train.py's loss (Min-SNR-5,
+  bf16 autocast) and batch; the latent model trains on latents encoded once before training, so a step
+  costs no encoding. `--steps N` prints how many latent steps take as long as N pixel steps: the equal
+  training wall time budget.
+- sampling: 64 images with DPM-Solver++ (20 steps), decoding included.
+- quality: classifier-FID, legibility and class entropy from each model's eval.json (same protocol).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+import time
+from pathlib import Path
+
+import torch
+
+from hf_ddpm.models import build_unet
+from hf_ddpm.objectives import diffusion_loss
+from hf_ddpm.pipeline import generate, load_pipeline
+from hf_ddpm.scheduler import LinearNoiseScheduler
+
+
+def step_seconds(unet, shape: tuple[int, ...], batch: int, repeats: int) -> float:
+    """Median seconds of one training step (forward, backward, AdamW) on random inputs of `shape`."""
+    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
+    scheduler = LinearNoiseScheduler()
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(batch, *shape, generator=generator).clamp(-1, 1)
+    times = []
+    for i in range(repeats + 2):  # two warm-up steps
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            loss = diffusion_loss(unet, scheduler, x0, generator, snr_gamma=5.0)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def sampling_seconds(model: str, num_images: int = 64, steps: int = 20) -> float:
+    pipeline = load_pipeline(model, "dpm-solver")
+    pipeline.set_progress_bar_config(disable=True)
+    generate(pipeline, 8, steps, seed=1)  # warm-up
+    start = time.perf_counter()
+    generate(pipeline, num_images, steps, seed=0)
+    return time.perf_counter() - start
+
+
+def parameters(folder: Path) -> int:
+    from safetensors import safe_open
+
+    with safe_open(str(folder / "diffusion_pytorch_model.safetensors"), framework="pt") as f:
+        return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--pixel-preset", default="small")
+    parser.add_argument("--latent-preset", default="latent-small")
+    parser.add_argument("--latent-shape", type=int, nargs=3, default=[4, 7, 7], metavar=("C", "H", "W"))
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--repeats", type=int, default=10)
+    parser.add_argument("--steps", type=int, default=3000, help="pixel steps of the equal-time budget")
+    parser.add_argument("--pixel", help="a trained pixel-space pipeline (with eval.json)")
+    parser.add_argument("--latent", help="a trained latent pipeline (with eval.json)")
+    args = parser.parse_args()
+
+    print(f"# {torch.get_num_threads()} threads, batch {args.batch_size}, bf16 autocast, Min-SNR-5")
+    pixel = build_unet(args.pixel_preset, 28, 1)
+    latent = build_unet(args.latent_preset, args.latent_shape[1], args.latent_shape[0])
+    t_pixel = step_seconds(pixel, (1, 28, 28), args.batch_size, args.repeats)
+    t_latent = step_seconds(latent, tuple(args.latent_shape), args.batch_size, args.repeats)
+    print(f"training step: pixel ({args.pixel_preset}) {t_pixel * 1000:.1f} ms, latent "
+          f"({args.latent_preset}) {t_latent * 1000:.1f} ms, ratio {t_pixel / t_latent:.2f}")  # fmt: skip
+    equal = round(args.steps * t_pixel / t_latent)
+    print(f"equal wall time: {args.steps} pixel steps = {equal} latent steps")
+    if not (args.pixel and args.latent):
+        return
+
+    print("| model | UNet parameters | autoencoder parameters | step (ms) | sampling 64 images (s) "
+          "| classifier-FID | legibility | class entropy |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|")
+    for name, model, step in (("pixel", args.pixel, t_pixel), ("latent", args.latent, t_latent)):
+        folder = Path(model)
+        metrics = json.loads((folder / "eval.json").read_text())["samples"]
+        vae = parameters(folder / "vae") if (folder / "vae").is_dir() else 0
+        print(f"| {name} `{model}` | {parameters(folder / 'unet'):,} | {vae:,} | {step * 1000:.1f} | "
+              f"{sampling_seconds(model):.1f} | {metrics['classifier_fid']:.1f} | "
+              f"{metrics['legibility']:.3f} | {metrics['class_entropy']:.3f} |", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
