@@ -2,13 +2,14 @@
 
     .venv/bin/python benchmarks/latent_vs_pixel.py --steps 3000        # step times and the equal budget
     .venv/bin/python benchmarks/latent_vs_pixel.py --pixel checkpoints/ddpm-mnist \\
-        --latent checkpoints/ldm-mnist --autoencoder checkpoints/autoencoder-mnist
+        --latent checkpoints/ldm-mnist
 
 Everything timed is measured in the same run on this machine, each model after warm-up:
 - training step: the UNet's forward, backward and AdamW step on one batch, with train.py's loss (Min-SNR-5,
   bf16 autocast) and batch; the latent model trains on latents encoded once before training, so a step
   costs no encoding. `--steps N` prints how many latent steps take as long as N pixel steps: the equal
-  training wall time budget.
+  training wall time budget. The autoencoder's own step (autoencoder-mnist.yaml's model, bf16) is timed
+  too: training it is a cost the latent model pays once, on top of that budget.
 - sampling: 64 images with DPM-Solver++ (20 steps), decoding included.
 - quality: classifier-FID, legibility and class entropy from each model's eval.json (same protocol).
 """
@@ -22,8 +23,11 @@ import statistics
 import time
 from pathlib import Path
 
+import diffusers
 import torch
 
+from hf_ddpm.config import AutoencoderConfig
+from hf_ddpm.latents import build_autoencoder
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss
 from hf_ddpm.pipeline import generate, load_pipeline
@@ -49,7 +53,28 @@ def step_seconds(unet, shape: tuple[int, ...], batch: int, repeats: int) -> floa
     return statistics.median(times)
 
 
+def autoencoder_step_seconds(batch: int, repeats: int) -> float:
+    """Median seconds of one autoencoder training step (encode, sample, decode, MSE + KL, AdamW)."""
+    vae = build_autoencoder(AutoencoderConfig(), 1, 28)
+    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4)
+    x = torch.rand(batch, 1, 28, 28) * 2 - 1
+    times = []
+    for i in range(repeats + 2):
+        start = time.perf_counter()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            posterior = vae.encode(x).latent_dist
+            error = (vae.decode(posterior.sample()).sample.float() - x).square().mean()
+            loss = error + 1e-6 * posterior.kl().mean()
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        if i >= 2:
+            times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
 def sampling_seconds(model: str, num_images: int = 64, steps: int = 20) -> float:
+    diffusers.utils.logging.disable_progress_bar()
     pipeline = load_pipeline(model, "dpm-solver")
     pipeline.set_progress_bar_config(disable=True)
     generate(pipeline, 8, steps, seed=1)  # warm-up
@@ -73,6 +98,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=10)
     parser.add_argument("--steps", type=int, default=3000, help="pixel steps of the equal-time budget")
+    parser.add_argument("--autoencoder-steps", type=int, default=1500)
     parser.add_argument("--pixel", help="a trained pixel-space pipeline (with eval.json)")
     parser.add_argument("--latent", help="a trained latent pipeline (with eval.json)")
     args = parser.parse_args()
@@ -86,19 +112,24 @@ def main() -> None:
           f"({args.latent_preset}) {t_latent * 1000:.1f} ms, ratio {t_pixel / t_latent:.2f}")  # fmt: skip
     equal = round(args.steps * t_pixel / t_latent)
     print(f"equal wall time: {args.steps} pixel steps = {equal} latent steps")
+    t_ae = autoencoder_step_seconds(args.batch_size, args.repeats)
+    print(f"autoencoder step {t_ae * 1000:.1f} ms: {args.autoencoder_steps} steps take "
+          f"{args.autoencoder_steps * t_ae / 60:.1f} min; the pixel budget is "
+          f"{args.steps * t_pixel / 60:.1f} min")  # fmt: skip
     if not (args.pixel and args.latent):
         return
 
     print("| model | UNet parameters | autoencoder parameters | step (ms) | sampling 64 images (s) "
-          "| classifier-FID | legibility | class entropy |")  # fmt: skip
-    print("|---|---|---|---|---|---|---|---|")
+          "| classifier-FID | legibility | class entropy | Inception FID |")  # fmt: skip
+    print("|---|---|---|---|---|---|---|---|---|")
     for name, model, step in (("pixel", args.pixel, t_pixel), ("latent", args.latent, t_latent)):
         folder = Path(model)
         metrics = json.loads((folder / "eval.json").read_text())["samples"]
         vae = parameters(folder / "vae") if (folder / "vae").is_dir() else 0
         print(f"| {name} `{model}` | {parameters(folder / 'unet'):,} | {vae:,} | {step * 1000:.1f} | "
               f"{sampling_seconds(model):.1f} | {metrics['classifier_fid']:.1f} | "
-              f"{metrics['legibility']:.3f} | {metrics['class_entropy']:.3f} |", flush=True)  # fmt: skip
+              f"{metrics['legibility']:.3f} | {metrics['class_entropy']:.3f} | "
+              f"{metrics.get('inception_fid', float('nan')):.1f} |", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

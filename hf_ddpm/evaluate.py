@@ -10,6 +10,7 @@ picks up).
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
 import time
 from dataclasses import dataclass, field
@@ -184,18 +185,20 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--dataset is required: the model folder has no config.yaml naming its data")
 
     ref = load_reference(dataset, args.classifier)
-    sampling = {}
+    sampling, guidance = {}, args.guidance_scale
     if not args.floor_only:
+        pipeline = load_pipeline(args.model, args.sampler)
         sampling = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps, "seed": args.seed}
-        if args.guidance_scale is not None:
-            sampling["guidance_scale"] = args.guidance_scale
+        if getattr(pipeline, "num_classes", 0):  # recorded even when it is the pipeline's default
+            if guidance is None:
+                guidance = inspect.signature(pipeline.__call__).parameters["guidance_scale"].default
+            sampling["guidance_scale"] = guidance
     protocol = describe_protocol(ref, args.num_images, args.inception_images, **sampling)
     results = {"protocol": protocol, "floor": data_floor(ref, args.num_images, args.inception_images)}
     if not args.floor_only:
-        pipeline = load_pipeline(args.model, args.sampler)
         start = time.perf_counter()
         images, labels = sample_for_scoring(
-            pipeline, args.num_images, args.steps, args.seed, args.batch_size, args.guidance_scale
+            pipeline, args.num_images, args.steps, args.seed, args.batch_size, guidance
         )
         seconds = (time.perf_counter() - start) / args.num_images
         results["samples"] = score(images, ref, args.inception_images, labels) | {

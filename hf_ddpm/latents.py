@@ -13,7 +13,24 @@ from diffusers import AutoencoderKL
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
+from .config import AutoencoderConfig
 from .data import to_model_range
+
+
+def build_autoencoder(cfg: AutoencoderConfig, channels: int, image_size: int) -> AutoencoderKL:
+    """A freshly initialised `AutoencoderKL` for square `channels`-channel images (`AutoencoderConfig`)."""
+    blocks = len(cfg.block_out_channels)
+    return AutoencoderKL(
+        in_channels=channels,
+        out_channels=channels,
+        down_block_types=("DownEncoderBlock2D",) * blocks,
+        up_block_types=("UpDecoderBlock2D",) * blocks,
+        block_out_channels=tuple(cfg.block_out_channels),
+        layers_per_block=cfg.layers_per_block,
+        latent_channels=cfg.latent_channels,
+        norm_num_groups=cfg.norm_num_groups,
+        sample_size=image_size,
+    )
 
 
 def load_autoencoder(name_or_path: str, channels: int, device: str | torch.device = "cpu") -> AutoencoderKL:

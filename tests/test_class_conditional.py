@@ -256,6 +256,10 @@ def test_evaluate_cli_reports_class_accuracy(cond_run, tmp_path):
     assert report["protocol"]["guidance_scale"] == 3.0
     assert 0 <= report["samples"]["class_accuracy"] <= 1
     assert "class_accuracy" not in report["floor"]
+    # Without --guidance-scale the pipeline's default applies, and the protocol says which.
+    run([sys.executable, "-m", "hf_ddpm.evaluate", "--model", cond_run, "--num-images", "10", "--steps", "2",
+         "--out", out], tmp_path)  # fmt: skip
+    assert json.loads(out.read_text())["protocol"]["guidance_scale"] == 2.0
 
 
 def test_class_conditional_needs_a_class_label_column(tmp_path, mnist_dir):

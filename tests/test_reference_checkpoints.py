@@ -91,3 +91,42 @@ def test_reference_cfg_pipeline_draws_the_class_asked_for(tmp_path, name, datase
     classes = probs.shape[-1]
     asked = torch.arange(num_images) % classes
     assert (probs.argmax(-1) == asked).float().mean() > accuracy
+
+
+DRAW_UNCONDITIONAL = textwrap.dedent(
+    """
+    import sys
+    sys.modules["hf_ddpm"] = None
+    import numpy as np, torch
+    from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler
+    pipeline = DiffusionPipeline.from_pretrained(sys.argv[1], trust_remote_code=True)
+    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+    out = pipeline(batch_size=100, num_inference_steps=20, generator=torch.Generator().manual_seed(1),
+                   output_type="np")
+    np.save(sys.argv[2], out.images)
+    """
+)
+
+
+# MNIST against the bar of the pixel model above; textures, whose real patches are only 24% legible to
+# their classifier, by the spread over the 99 classes alone (log 99 = 4.6; one repeated patch scores ~0).
+@pytest.mark.parametrize("name, dataset, legible, entropy", [
+    ("ldm-mnist", "mnist", 0.6, 2.1),
+    ("ldm-textures", "textures", 0.0, 3.0),
+])  # fmt: skip
+def test_reference_latent_pipeline_decodes_varied_images(tmp_path, name, dataset, legible, entropy):
+    folder = CHECKPOINTS / name
+    library_copy = CHECKPOINTS.parent / "pipelines" / "latent_ddpm.py"
+    assert (folder / "latent_ddpm.py").read_bytes() == library_copy.read_bytes()
+    weights = [folder / part / "diffusion_pytorch_model.safetensors" for part in ("unet", "vae")]
+    assert sum(w.stat().st_size for w in weights) <= 16 * 2**20
+    assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pkl"))
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "home")}
+    out = tmp_path / "out.npy"
+    result = subprocess.run([sys.executable, "-c", DRAW_UNCONDITIONAL, str(folder), str(out)], env=env,
+                            capture_output=True, text=True)  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    images = np.round(np.load(out) * 255).astype(np.uint8)
+    assert images.shape == (100, 28, 28, 1)
+    _, probs = predict(load_classifier(dataset), torch.from_numpy(images).permute(0, 3, 1, 2))
+    assert legibility(probs) >= legible and class_entropy(probs) > entropy

@@ -1,5 +1,6 @@
 """Train a DDPM (Ho et al. 2020) on a `datasets` image source and export a stock `DDPMPipeline`
-(or, with `model.class_conditional`, a `ClassConditionalDDPMPipeline` with classifier-free guidance).
+(or, with `model.class_conditional`, a `ClassConditionalDDPMPipeline` with classifier-free guidance; with
+`model.latent_autoencoder`, a `LatentDDPMPipeline` trained on the autoencoder's latents).
 
     accelerate launch training/train.py --config training/configs/mnist.yaml [--SECTION.KEY VALUE ...]
 

@@ -43,7 +43,7 @@ from hf_ddpm.checkpoints import (
 )
 from hf_ddpm.config import AutoencoderRunConfig, load_config
 from hf_ddpm.data import check_batches, load_image_dataset, load_labeled_split, to_model_range, to_uint8
-from hf_ddpm.latents import encode_latents
+from hf_ddpm.latents import build_autoencoder, encode_latents
 from hf_ddpm.pipeline import save_grid
 
 logger = get_logger(__name__, log_level="INFO")
@@ -62,22 +62,6 @@ class AutoencoderLoss(torch.nn.Module):
         mse = F.mse_loss(reconstruction.float(), x.float())
         kl = posterior.kl().mean()  # summed over the latent, averaged over the images
         return mse + self.kl_weight * kl, mse, kl
-
-
-def build_autoencoder(cfg: AutoencoderRunConfig, channels: int) -> AutoencoderKL:
-    a = cfg.autoencoder
-    blocks = len(a.block_out_channels)
-    return AutoencoderKL(
-        in_channels=channels,
-        out_channels=channels,
-        down_block_types=("DownEncoderBlock2D",) * blocks,
-        up_block_types=("UpDecoderBlock2D",) * blocks,
-        block_out_channels=tuple(a.block_out_channels),
-        layers_per_block=a.layers_per_block,
-        latent_channels=a.latent_channels,
-        norm_num_groups=a.norm_num_groups,
-        sample_size=cfg.dataset.image_size,
-    )
 
 
 @torch.no_grad()
@@ -137,12 +121,16 @@ def main(cfg: AutoencoderRunConfig) -> None:
             sys.exit(f"error: {err}")
         cfg.save(output_dir / "config.yaml")
     set_seed(t.seed)
+    if cfg.dataset.streaming:
+        sys.exit(
+            "error: scaling_factor is measured on the whole split, in memory: set dataset.streaming false"
+        )
     try:
         dataset, info = load_image_dataset(cfg.dataset, seed=t.seed)
         check_batches(info.num_rows, t.train_batch_size, accelerator.num_processes)
     except (ValueError, RuntimeError) as err:
         sys.exit(f"error: {err}")
-    vae = build_autoencoder(cfg, info.channels)
+    vae = build_autoencoder(cfg.autoencoder, info.channels, cfg.dataset.image_size)
     ema = None
     if t.use_ema:
         ema = EMAModel(
@@ -151,9 +139,7 @@ def main(cfg: AutoencoderRunConfig) -> None:
         register_ema(accelerator, ema, AutoencoderKL, "vae_ema")
     objective = AutoencoderLoss(vae, cfg.autoencoder.kl_weight)
     optimizer = torch.optim.AdamW(vae.parameters(), lr=t.learning_rate)
-    dataloader = DataLoader(
-        dataset, batch_size=t.train_batch_size, shuffle=not cfg.dataset.streaming, drop_last=True
-    )
+    dataloader = DataLoader(dataset, batch_size=t.train_batch_size, shuffle=True, drop_last=True)
     lr_scheduler = get_scheduler(
         t.lr_scheduler,
         optimizer,
@@ -181,14 +167,13 @@ def main(cfg: AutoencoderRunConfig) -> None:
         f"{sum(p.numel() for p in vae.parameters()):,} parameters, latents "
         f"{cfg.autoencoder.latent_channels}x{size}x{size}"
     )
-    epoch, skip = divmod(step, len(dataloader)) if not cfg.dataset.streaming else (0, step)
+    epoch, skip = divmod(step, len(dataloader))
     progress = tqdm(
         total=t.max_train_steps, initial=step, desc="train", disable=not accelerator.is_local_main_process
     )
     objective.train()
     while step < t.max_train_steps:
-        if hasattr(dataloader, "set_epoch"):
-            dataloader.set_epoch(epoch)
+        dataloader.set_epoch(epoch)
         batches = accelerator.skip_first_batches(dataloader, skip) if skip else dataloader
         skip = 0
         for images, _ in batches:
@@ -234,12 +219,9 @@ def main(cfg: AutoencoderRunConfig) -> None:
 def finish(vae: AutoencoderKL, cfg: AutoencoderRunConfig, dataset, output_dir: Path) -> None:
     """scaling_factor, the reconstruction numbers on the test split, the grid, and the saved autoencoder."""
     from hf_ddpm.classifier import load_classifier
-    from hf_ddpm.evaluate import dataset_key
+    from hf_ddpm.evaluate import dataset_key, random_subset
 
-    train_images = dataset.tensors[0] if hasattr(dataset, "tensors") else None
-    if train_images is None:
-        sys.exit("error: scaling_factor needs the training images in memory: set dataset.streaming false")
-    latents = encode_latents(vae, train_images)
+    latents = encode_latents(vae, dataset.tensors[0])
     scaling_factor = 1.0 / latents.std().item()
     vae.register_to_config(scaling_factor=scaling_factor)
     vae.save_pretrained(output_dir)  # safetensors
@@ -253,7 +235,7 @@ def finish(vae: AutoencoderKL, cfg: AutoencoderRunConfig, dataset, output_dir: P
         **reconstruction_metrics(vae, test_images, labels, classifier),
     }
     (output_dir / "eval.json").write_text(json.dumps(report, indent=2) + "\n")
-    originals = test_images[:32]
+    originals = random_subset(test_images, 32, cfg.training.seed)  # splits may be sorted by class
     shape = (4, 8, *originals.shape[1:])  # 4 rows of 8 test images, each row above its reconstruction
     grid = torch.stack([originals.reshape(shape), reconstruct(vae, originals).reshape(shape)], dim=1)
     save_grid(
