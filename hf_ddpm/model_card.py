@@ -307,7 +307,7 @@ def _training_rows(
     loss = {"epsilon": "MSE on the noise (L_simple)", "v_prediction": "MSE on v", "sample": "MSE on x_0"}
     return [
         ("Dataset", f"{source}, split `{cfg.dataset.split}`{images}"),
-        ("Image size", f"{unet['in_channels']}x{unet['sample_size']}x{unet['sample_size']}"),
+        ("Image size", "{1}x{0}x{0}".format(*_image_geometry(unet, vae))),
         *(
             [
                 (

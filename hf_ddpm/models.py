@@ -1,4 +1,4 @@
-"""`UNet2DModel` presets for 28x28 images.
+"""`UNet2DModel` presets for 28x28 images, and for the 4x7x7 latents of latent diffusion (`latent-*`).
 
 Every preset is a plain `UNet2DModel` config, so stock diffusers loads what we save. The down path
 halves the resolution after every block but the last (28 -> 14 -> 7); the up path mirrors it with

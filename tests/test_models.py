@@ -67,5 +67,5 @@ def test_indivisible_sample_size_fails_when_config_is_built(size, suggestion):
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match=r"model.preset 'huge'.*\['tiny', 'small', 'tutorial'\]"):
+    with pytest.raises(ValueError, match=r"model.preset 'huge'.*\['tiny', 'small', 'tutorial', 'latent-"):
         unet_config("huge")
