@@ -27,50 +27,46 @@ import diffusers
 import torch
 
 from hf_ddpm.config import AutoencoderConfig
-from hf_ddpm.latents import build_autoencoder
+from hf_ddpm.latents import AutoencoderLoss, build_autoencoder
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss
 from hf_ddpm.pipeline import generate, load_pipeline
 from hf_ddpm.scheduler import LinearNoiseScheduler
 
 
-def step_seconds(unet, shape: tuple[int, ...], batch: int, repeats: int) -> float:
-    """Median seconds of one training step (forward, backward, AdamW) on random inputs of `shape`."""
-    optimizer = torch.optim.AdamW(unet.parameters(), lr=1e-4)
-    scheduler = LinearNoiseScheduler()
-    generator = torch.Generator().manual_seed(0)
-    x0 = torch.randn(batch, *shape, generator=generator).clamp(-1, 1)
-    times = []
-    for i in range(repeats + 2):  # two warm-up steps
-        start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            loss = diffusion_loss(unet, scheduler, x0, generator, snr_gamma=5.0)
-        loss.backward()
-        optimizer.step()
-        optimizer.zero_grad(set_to_none=True)
-        if i >= 2:
-            times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
-def autoencoder_step_seconds(batch: int, repeats: int) -> float:
-    """Median seconds of one autoencoder training step (encode, sample, decode, MSE + KL, AdamW)."""
-    vae = build_autoencoder(AutoencoderConfig(), 1, 28)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=1e-4)
-    x = torch.rand(batch, 1, 28, 28) * 2 - 1
+def median_step_seconds(model: torch.nn.Module, loss_fn, repeats: int) -> float:
+    """Median seconds of `loss_fn()`'s forward (bf16 autocast), backward and an AdamW step, after two
+    warm-up steps."""
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
     for i in range(repeats + 2):
         start = time.perf_counter()
         with torch.autocast("cpu", dtype=torch.bfloat16):
-            posterior = vae.encode(x).latent_dist
-            error = (vae.decode(posterior.sample()).sample.float() - x).square().mean()
-            loss = error + 1e-6 * posterior.kl().mean()
+            loss = loss_fn()
         loss.backward()
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         if i >= 2:
             times.append(time.perf_counter() - start)
     return statistics.median(times)
+
+
+def step_seconds(unet, shape: tuple[int, ...], batch: int, repeats: int) -> float:
+    """A UNet's training step with train.py's loss (Min-SNR-5) on random inputs of `shape`."""
+    scheduler = LinearNoiseScheduler()
+    generator = torch.Generator().manual_seed(0)
+    x0 = torch.randn(batch, *shape, generator=generator).clamp(-1, 1)
+    return median_step_seconds(
+        unet, lambda: diffusion_loss(unet, scheduler, x0, generator, snr_gamma=5.0), repeats
+    )
+
+
+def autoencoder_step_seconds(batch: int, repeats: int) -> float:
+    """train_autoencoder.py's step (encode, sample, decode, MSE + KL) for autoencoder-mnist.yaml's model."""
+    objective = AutoencoderLoss(build_autoencoder(AutoencoderConfig(), 1, 28), AutoencoderConfig().kl_weight)
+    x = torch.rand(batch, 1, 28, 28) * 2 - 1
+    generator = torch.Generator().manual_seed(0)
+    return median_step_seconds(objective, lambda: objective(x, generator)[0], repeats)
 
 
 def sampling_seconds(model: str, num_images: int = 64, steps: int = 20) -> float:

@@ -28,6 +28,11 @@ class HubPushError(RuntimeError):
     """A push that failed for a reason the user can fix; the message is one line naming cause and fix."""
 
 
+def component_names(index: dict) -> list[str]:
+    """The component folders (unet, scheduler, vae) of a `model_index.json`: each maps to [library, class]."""
+    return [key for key, value in index.items() if not key.startswith("_") and isinstance(value, list)]
+
+
 def files_to_upload(output_dir: str | Path) -> list[str]:
     """The paths (posix, relative) a push uploads from `output_dir`; `ValueError` if it has no pipeline."""
     folder = Path(output_dir)
@@ -44,9 +49,7 @@ def files_to_upload(output_dir: str | Path) -> list[str]:
         if not (folder / code).is_file():
             raise ValueError(f"{folder} lacks {code}, the pipeline file its model_index.json names")
         files.append(code)
-    # The components (unet, scheduler, vae): model_index.json maps each to [library, class].
-    components = [key for key, value in index.items() if not key.startswith("_") and isinstance(value, list)]
-    for sub in components:
+    for sub in component_names(index):
         found = [
             p.relative_to(folder).as_posix()
             for p in sorted((folder / sub).rglob("*"))

@@ -9,12 +9,28 @@ like the noise they are mixed with; `LatentDDPMPipeline` divides by it again bef
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 from diffusers import AutoencoderKL
 from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from .config import AutoencoderConfig
 from .data import to_model_range
+
+
+class AutoencoderLoss(torch.nn.Module):
+    """The training objective as a module, so that DDP wraps one forward that runs encoder and decoder."""
+
+    def __init__(self, vae: AutoencoderKL, kl_weight: float):
+        super().__init__()
+        self.vae, self.kl_weight = vae, kl_weight
+
+    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
+        posterior = self.vae.encode(x).latent_dist
+        reconstruction = self.vae.decode(posterior.sample(generator)).sample
+        mse = F.mse_loss(reconstruction.float(), x.float())
+        kl = posterior.kl().mean()  # summed over the latent, averaged over the images
+        return mse + self.kl_weight * kl, mse, kl
 
 
 def build_autoencoder(cfg: AutoencoderConfig, channels: int, image_size: int) -> AutoencoderKL:

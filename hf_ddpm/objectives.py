@@ -77,6 +77,14 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Te
     return weight.float()
 
 
+def step_generator(seed: int, *keys: int, device: str | torch.device = "cpu") -> torch.Generator:
+    """A generator seeded by (`seed`, `*keys`), e.g. (seed, micro-step): the random numbers of a step then
+    depend on the step alone, so a resumed run needs no generator state."""
+    digest = hashlib.sha256(":".join(map(str, (seed, *keys))).encode()).digest()
+    # torch's CPU generator keeps 32 bits of a seed: mix all the numbers into those.
+    return torch.Generator(device=device).manual_seed(int.from_bytes(digest[:4], "little"))
+
+
 class BatchDraws(NamedTuple):
     """The random numbers of one training micro-batch, for this process's rows."""
 
@@ -109,9 +117,7 @@ def draw_batch(
         shape: this process's batch of images, (batch, channels, height, width).
         drop_prob: the probability that `drop` is True for a row.
     """
-    digest = hashlib.sha256(f"{seed}:{micro_step}".encode()).digest()
-    # torch's CPU generator keeps 32 bits of a seed: mix both numbers into those.
-    generator = torch.Generator(device=device).manual_seed(int.from_bytes(digest[:4], "little"))
+    generator = step_generator(seed, micro_step, device=device)
     batch, rows = num_processes * shape[0], slice(process_index * shape[0], (process_index + 1) * shape[0])
     options = {"generator": generator, "device": device}
     flip = torch.rand(batch, **options) < 0.5

@@ -25,6 +25,7 @@ from diffusers import (
 )
 from PIL import Image
 
+from .hub import component_names
 from .pipelines.class_conditional_ddpm import ClassConditionalDDPMPipeline
 from .pipelines.latent_ddpm import LatentDDPMPipeline
 from .scheduler import LinearNoiseScheduler
@@ -112,9 +113,9 @@ def load_pipeline(
 def _refuse_pickled_weights(folder: Path, index: dict) -> None:
     """A component folder holding pickled weights and no safetensors is refused by name. diffusers (asked
     for safetensors) would never unpickle it either, but its message only says no safetensors file exists."""
-    for name, value in index.items():
+    for name in component_names(index):
         component = folder / name
-        if name.startswith("_") or not isinstance(value, list) or not component.is_dir():
+        if not component.is_dir():
             continue
         pickled = sorted(
             f for f in component.iterdir() if f.suffix in (".bin", ".pt", ".pth", ".ckpt", ".pkl")

@@ -16,14 +16,12 @@ above its reconstruction), `config.yaml`, `checkpoint-STEP/` and `logs/`.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import sys
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from accelerate import Accelerator
 from accelerate.logging import get_logger
 from accelerate.utils import DataLoaderConfiguration, ProjectConfiguration, set_seed
@@ -43,25 +41,11 @@ from hf_ddpm.checkpoints import (
 )
 from hf_ddpm.config import AutoencoderRunConfig, load_config
 from hf_ddpm.data import check_batches, load_image_dataset, load_labeled_split, to_model_range, to_uint8
-from hf_ddpm.latents import build_autoencoder, encode_latents
+from hf_ddpm.latents import AutoencoderLoss, build_autoencoder, encode_latents
+from hf_ddpm.objectives import step_generator
 from hf_ddpm.pipeline import save_grid
 
 logger = get_logger(__name__, log_level="INFO")
-
-
-class AutoencoderLoss(torch.nn.Module):
-    """The training objective as a module, so that DDP wraps one forward that runs encoder and decoder."""
-
-    def __init__(self, vae: AutoencoderKL, kl_weight: float):
-        super().__init__()
-        self.vae, self.kl_weight = vae, kl_weight
-
-    def forward(self, x: torch.Tensor, generator: torch.Generator) -> tuple[torch.Tensor, ...]:
-        posterior = self.vae.encode(x).latent_dist
-        reconstruction = self.vae.decode(posterior.sample(generator)).sample
-        mse = F.mse_loss(reconstruction.float(), x.float())
-        kl = posterior.kl().mean()  # summed over the latent, averaged over the images
-        return mse + self.kl_weight * kl, mse, kl
 
 
 @torch.no_grad()
@@ -96,11 +80,6 @@ def reconstruction_metrics(
         "classifier_accuracy_reconstructed": accuracy["reconstructed"],
         "classifier_accuracy_original": accuracy["original"],
     }
-
-
-def step_generator(seed: int, step: int, rank: int) -> torch.Generator:
-    digest = hashlib.sha256(f"{seed}:{step}:{rank}".encode()).digest()
-    return torch.Generator().manual_seed(int.from_bytes(digest[:4], "little"))
 
 
 def main(cfg: AutoencoderRunConfig) -> None:
