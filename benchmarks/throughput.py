@@ -212,7 +212,7 @@ def build_plain_loop(cfg: Config, channels: int, bf16: bool = False) -> PlainLoo
         weight_decay=t.adam_weight_decay,
         eps=t.adam_epsilon,
     )
-    scheduler = LinearNoiseScheduler(**dataclasses.asdict(cfg.diffusion))
+    scheduler = LinearNoiseScheduler(**cfg.diffusion.scheduler_kwargs())
     # train.py passes its Min-SNR weighting on to the loss when the config sets one.
     snr_gamma = getattr(t, "snr_gamma", None)
     options = {"snr_gamma": snr_gamma} if snr_gamma is not None else {}

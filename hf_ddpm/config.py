@@ -56,8 +56,19 @@ class ModelConfig:
 
 @dataclass
 class DiffusionConfig:
-    """Keyword arguments of `LinearNoiseScheduler` (and of stock `DDPMScheduler`), same names and defaults."""
+    """The objective (`OBJECTIVE_KEYS`), and the keyword arguments of `LinearNoiseScheduler` (and of stock
+    `DDPMScheduler`), same names and defaults."""
 
+    # `ddpm`: Ho et al.'s noising process; the UNet predicts `prediction_type`'s target.
+    # `flow_matching` (Lipman et al. 2023; Liu et al. 2023): x_t = (1 - t) x_0 + t noise on a straight line,
+    # the UNet predicts the velocity noise - x_0 at timestep t * num_train_timesteps, and the export samples
+    # with `FlowMatchEulerDiscreteScheduler`. The beta and variance keys below do not apply to it.
+    objective: Literal["ddpm", "flow_matching"] = "ddpm"
+    # Flow matching's t: `uniform` on [0, 1], or `logit_normal`: sigmoid of N(logit_mean, logit_std^2)
+    # (Esser et al. 2024), which trains the middle of the path, where the velocity is hardest, more often.
+    time_sampling: Literal["uniform", "logit_normal"] = "uniform"
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
     beta_end: float = 0.02
@@ -68,6 +79,13 @@ class DiffusionConfig:
     prediction_type: str = "epsilon"
     timestep_spacing: str = "leading"
     steps_offset: int = 0
+
+    def scheduler_kwargs(self) -> dict[str, Any]:
+        """The `LinearNoiseScheduler` / `DDPMScheduler` arguments: every key but the objective's."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OBJECTIVE_KEYS}
+
+
+OBJECTIVE_KEYS = ("objective", "time_sampling", "logit_mean", "logit_std")
 
 
 @dataclass
@@ -106,7 +124,8 @@ class TrainingConfig:
     # Sample grids from the EMA weights during training (samples/step_000500.png) and at the end.
     save_images_steps: int = 500
     num_sample_images: int = 64
-    sampler: Literal["ddpm", "ddim", "dpm-solver"] = "ddpm"
+    # ddpm, ddim or dpm-solver for the ddpm objective; flow-euler or dpm-solver for flow_matching.
+    sampler: Literal["ddpm", "ddim", "dpm-solver", "flow-euler"] = "ddpm"
     num_inference_steps: int = 1000
     # Class-conditional models: the probability that a training label is replaced by the null class, so
     # the one network also learns the unconditional model; and the guidance scale w of sample grids and
@@ -119,7 +138,7 @@ class TrainingConfig:
     # eval_log.jsonl, and the best classifier-FID so far is exported to OUTPUT_DIR/best/.
     eval_every: int = 0
     eval_num_images: int = 500
-    eval_sampler: Literal["ddpm", "ddim", "dpm-solver"] = "dpm-solver"
+    eval_sampler: Literal["ddpm", "ddim", "dpm-solver", "flow-euler"] = "dpm-solver"
     eval_num_inference_steps: int = 20
     # A classifier folder; None: checkpoints/classifier-<last part of the dataset name>.
     eval_classifier: str | None = None
@@ -327,11 +346,43 @@ def _check_values(config: Config) -> None:
             f"dataset.channels is {config.dataset.channels}: use 1 (grayscale), 3 (RGB) or null (keep the "
             "data's own)"
         )
+    _check_objective(config)
     from .models import unet_config  # no torch import: only the preset table
 
     # A latent UNet's input size is the autoencoder's latent size, checked once the autoencoder is loaded.
     if config.model.latent_autoencoder is None:
         unet_config(config.model.preset, config.dataset.image_size)
+
+
+def _check_objective(config: Config) -> None:
+    """Keys that belong to the other objective are refused rather than silently ignored."""
+    d, t = config.diffusion, config.training
+    flow = d.objective == "flow_matching"
+    if d.logit_std <= 0:
+        raise ValueError(f"diffusion.logit_std is {d.logit_std}: it must be positive (1.0 is usual)")
+    if flow and t.snr_gamma is not None:
+        raise ValueError(
+            "training.snr_gamma (Min-SNR) weights the DDPM objective's timesteps; flow matching's loss is "
+            "the plain velocity MSE: set training.snr_gamma null, or choose its times with "
+            "diffusion.time_sampling"
+        )
+    if flow and d.prediction_type != "epsilon":
+        raise ValueError(
+            f"diffusion.prediction_type {d.prediction_type!r} is a DDPM target; flow matching always "
+            "predicts the velocity: leave prediction_type at its default"
+        )
+    for key in ("sampler", "eval_sampler"):
+        sampler = getattr(t, key)
+        if flow and sampler in ("ddpm", "ddim"):
+            raise ValueError(
+                f"training.{key} {sampler!r} samples DDPM models; a flow_matching model needs flow-euler or "
+                "dpm-solver"
+            )
+        if not flow and sampler == "flow-euler":
+            raise ValueError(
+                f"training.{key} flow-euler samples flow-matching models: set diffusion.objective "
+                "flow_matching, or use ddpm, ddim or dpm-solver"
+            )
 
 
 def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:

@@ -187,7 +187,10 @@ def main(argv: list[str] | None = None) -> None:
     ref = load_reference(dataset, args.classifier)
     sampling, guidance = {}, args.guidance_scale
     if not args.floor_only:
-        pipeline = load_pipeline(args.model, args.sampler)
+        try:
+            pipeline = load_pipeline(args.model, args.sampler)
+        except ValueError as err:
+            parser.error(str(err))
         sampling = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps, "seed": args.seed}
         if getattr(pipeline, "num_classes", 0):  # recorded even when it is the pipeline's default
             if guidance is None:

@@ -44,8 +44,21 @@ DATA_NOTES = {
     ),
 }
 DATA_DESCRIPTIONS = {"mnist": "handwritten digits (MNIST)", "textures": "Brodatz texture patches"}
-SAMPLER_CLASSES = {"ddpm": None, "ddim": "DDIMScheduler", "dpm-solver": "DPMSolverMultistepScheduler"}
-SAMPLER_NAMES = {"ddpm": "DDPM ancestral sampling", "ddim": "DDIM", "dpm-solver": "DPM-Solver++"}
+# Sampler -> the scheduler class the usage snippet swaps in (None: the saved one samples as it is).
+SAMPLER_CLASSES = {
+    "ddpm": None,
+    "ddim": "DDIMScheduler",
+    "dpm-solver": "DPMSolverMultistepScheduler",
+    "flow-euler": None,
+}
+SAMPLER_NAMES = {
+    "ddpm": "DDPM ancestral sampling",
+    "ddim": "DDIM",
+    "dpm-solver": "DPM-Solver++",
+    "flow-euler": "flow matching Euler steps",
+}
+# DPMSolverMultistepScheduler's flow mode, for a flow-matching model's scheduler config.
+FLOW_DPM_SOLVER = 'prediction_type="flow_prediction", use_flow_sigmas=True'
 
 
 @dataclass
@@ -86,6 +99,7 @@ def write_model_card(
     vae_config = folder / "vae" / "config.json"  # a latent diffusion model's autoencoder
     vae = json.loads(vae_config.read_text()) if vae_config.is_file() else None
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
+    flow = cfg.diffusion.objective == "flow_matching"
     name = cfg.dataset.name or Path(run.data_source).name
     short = _short_names(cfg, run)
     restricted = next((RESTRICTED_DATA[k] for k in short if k in RESTRICTED_DATA), None)
@@ -113,7 +127,7 @@ def write_model_card(
         tags=[
             "diffusers",
             f"diffusers:{pipeline_class}",
-            "ddpm",
+            "flow-matching" if flow else "ddpm",
             "hf-ddpm",
             *kind,
             name,
@@ -128,9 +142,21 @@ def write_model_card(
         ),
         samples=_samples_caption(cfg, id2label) if (folder / "samples.png").is_file() else None,
         pipeline_note=_pipeline_note(id2label, code_file),
+        sampler_note=(
+            "`DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, "
+            f"{FLOW_DPM_SOLVER})` samples in fewer steps with a second-order solver."
+            if flow
+            else "`DDIMScheduler` or `DPMSolverMultistepScheduler` can replace the scheduler through "
+            "`from_config(pipeline.scheduler.config)` for sampling in 20 to 50 steps."
+        ),
+        scheduler_title=(
+            "The sampler (`scheduler/`, a `FlowMatchEulerDiscreteScheduler`)"
+            if flow
+            else "The noise schedule (`scheduler/`, a `DDPMScheduler`)"
+        ),
         usage=_usage(cfg, repo_id or cfg.training.output_dir, _image_geometry(unet, vae), id2label, vae),
         training=_training_rows(cfg, run, unet, name, id2label, vae),
-        scheduler=_scheduler_rows(scheduler),
+        scheduler=_flow_rows(cfg, scheduler) if flow else _scheduler_rows(scheduler),
         unet=_unet_rows(cfg, unet, parameters),
         evaluation=_evaluation_rows(folder / "eval.json"),
         licence=_licence_text(licence, restricted, short),
@@ -168,7 +194,6 @@ def _summary(
     kind = next((DATA_DESCRIPTIONS[k] for k in short if k in DATA_DESCRIPTIONS), f"the images of {name}")
     size, channels = _image_geometry(unet, vae)
     colour = "grayscale" if channels == 1 else "RGB"
-    target = {"epsilon": "the noise ε", "v_prediction": "v", "sample": "x_0"}[scheduler["prediction_type"]]
     ema = cfg.training.use_ema
     weights = "an exponential moving average (EMA) of the training weights" if ema else "the final weights"
     if id2label:
@@ -191,14 +216,26 @@ def _summary(
             "`AutoencoderKL` (`vae/`), which decodes its samples: latent diffusion "
             "([Rombach et al. 2022](https://arxiv.org/abs/2112.10752))."
         )
+    if cfg.diffusion.objective == "flow_matching":
+        model = "a flow-matching model ([Lipman et al. 2023](https://arxiv.org/abs/2210.02747))"
+        learns = (
+            "the velocity ε - x_0 of the straight path x_t = (1 - t) x_0 + t ε from the data to the noise, "
+            "which the sampler follows back in a few Euler steps"
+        )
+    else:
+        ddpm = "[Ho et al. 2020](https://arxiv.org/abs/2006.11239)"
+        model = f"a denoising diffusion probabilistic model (DDPM, {ddpm})"
+        targets = {"epsilon": "the noise ε", "v_prediction": "v", "sample": "x_0"}
+        target = targets[scheduler["prediction_type"]]
+        learns = (
+            f"{target} under a {scheduler['beta_schedule']} noise schedule of "
+            f"{scheduler['num_train_timesteps']} steps"
+        )
     return (
-        f"{opening}: a denoising diffusion probabilistic model (DDPM, "
-        f"[Ho et al. 2020](https://arxiv.org/abs/2006.11239)) that turns Gaussian noise into "
-        f"{size}x{size} {colour} images of {kind}.{latent} The network is a "
-        f"`UNet2DModel` (hf-ddpm's `{cfg.model.preset}` preset, {parameters:,} parameters) that predicts "
-        f"{target} under a {scheduler['beta_schedule']} noise schedule of {scheduler['num_train_timesteps']} "
-        f"steps. It was trained with hf-ddpm (diffusers, accelerate, datasets) and is saved as a {saved} "
-        f"holding {weights}."
+        f"{opening}: {model} that turns Gaussian noise into {size}x{size} {colour} images of {kind}.{latent} "
+        f"The network is a `UNet2DModel` (hf-ddpm's `{cfg.model.preset}` preset, {parameters:,} parameters) "
+        f"that predicts {learns}. It was trained with hf-ddpm (diffusers, accelerate, datasets) and is saved "
+        f"as a {saved} holding {weights}."
     )
 
 
@@ -239,6 +276,7 @@ def _usage(
     """Python that loads the pipeline and samples it the way `samples.png` was made (sampler, steps)."""
     t = cfg.training
     scheduler_class = SAMPLER_CLASSES[t.sampler]
+    flow_options = f", {FLOW_DPM_SOLVER}" if cfg.diffusion.objective == "flow_matching" else ""
     remote_code = bool(id2label or vae)
     pipeline_class = "DiffusionPipeline" if remote_code else "DDPMPipeline"
     imports = ", ".join(c for c in (scheduler_class, pipeline_class) if c)
@@ -268,7 +306,7 @@ def _usage(
         f"from diffusers import {imports}",
         "",
         load,
-        f"pipeline.scheduler = {scheduler_class}.from_config(pipeline.scheduler.config)"
+        f"pipeline.scheduler = {scheduler_class}.from_config(pipeline.scheduler.config{flow_options})"
         if scheduler_class
         else "",
         call,
@@ -304,7 +342,6 @@ def _training_rows(
         if t.use_ema
         else "no"
     )
-    loss = {"epsilon": "MSE on the noise (L_simple)", "v_prediction": "MSE on v", "sample": "MSE on x_0"}
     return [
         ("Dataset", f"{source}, split `{cfg.dataset.split}`{images}"),
         ("Image size", "{1}x{0}x{0}".format(*_image_geometry(unet, vae))),
@@ -330,7 +367,7 @@ def _training_rows(
             f"AdamW (betas {t.adam_beta1:g}, {t.adam_beta2:g}; weight decay {t.adam_weight_decay:g}), "
             f"gradient clipping at {t.max_grad_norm:g}",
         ),
-        ("Loss", loss[cfg.diffusion.prediction_type] + _snr_weighting(t.snr_gamma)),
+        ("Loss", _loss(cfg)),
         *(
             [
                 (
@@ -351,8 +388,33 @@ def _training_rows(
     ]
 
 
-def _snr_weighting(gamma: float | None) -> str:
-    return "" if gamma is None else f", Min-SNR-{gamma:g} weighting (Hang et al. 2023)"
+def _loss(cfg: Config) -> str:
+    d = cfg.diffusion
+    if d.objective == "flow_matching":
+        times = (
+            f"logit-normal t (sigmoid of N({d.logit_mean:g}, {d.logit_std:g}²))"
+            if d.time_sampling == "logit_normal"
+            else "t uniform on [0, 1]"
+        )
+        return f"MSE on the velocity ε - x_0 (flow matching), {times}"
+    loss = {"epsilon": "MSE on the noise (L_simple)", "v_prediction": "MSE on v", "sample": "MSE on x_0"}
+    gamma = cfg.training.snr_gamma
+    return loss[d.prediction_type] + (
+        "" if gamma is None else f", Min-SNR-{gamma:g} weighting (Hang et al. 2023)"
+    )
+
+
+def _flow_rows(cfg: Config, s: dict) -> list[tuple[str, str]]:
+    return [
+        ("Path", "x_t = (1 - t) x_0 + t ε, t from 0 (data) to 1 (noise)"),
+        (
+            "Training timesteps",
+            f"{s['num_train_timesteps']}: the UNet sees timestep {s['num_train_timesteps']} t",
+        ),
+        ("Time sampling", cfg.diffusion.time_sampling.replace("_", "-")),
+        ("Prediction", "the velocity ε - x_0"),
+        ("Sigma shift", f"{s.get('shift', 1.0):g}"),
+    ]
 
 
 def _scheduler_rows(s: dict) -> list[tuple[str, str]]:

@@ -1,4 +1,5 @@
-"""The DDPM training objective: L_simple of Ho et al. 2020 (eq. 14) and its v / x_0 variants."""
+"""The training objectives: L_simple of Ho et al. 2020 (eq. 14) with its v / x_0 variants, and flow matching
+(Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al. 2023, "Rectified Flow")."""
 
 from __future__ import annotations
 
@@ -77,6 +78,59 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Te
     return weight.float()
 
 
+def interpolate(x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+    """x_t = (1 - t) x_0 + t noise: the straight path from the data (t = 0) to the noise (t = 1).
+
+    Args:
+        x0, noise: (batch, C, H, W).
+        t: (batch,) times in [0, 1].
+    """
+    t = t.to(x0.dtype)[:, None, None, None]
+    return (1 - t) * x0 + t * noise
+
+
+def velocity(x0: torch.Tensor, noise: torch.Tensor) -> torch.Tensor:
+    """d x_t / dt = noise - x_0: the flow-matching target, the same at every t of a path."""
+    return noise - x0
+
+
+def flow_times(uniform: torch.Tensor, sampling: str, mean: float = 0.0, std: float = 1.0) -> torch.Tensor:
+    """Flow-matching times t in [0, 1] from uniform draws u (batch,).
+
+    `uniform` keeps t = u; `logit_normal` returns sigmoid(mean + std * Phi^-1(u)), a draw of the logit-normal
+    distribution of Esser et al. 2024 (the inverse CDF of the one uniform draw, so both options use the same
+    random numbers).
+    """
+    if sampling == "uniform":
+        return uniform
+    if sampling == "logit_normal":
+        return torch.sigmoid(mean + std * torch.special.ndtri(uniform))
+    raise ValueError(f"unknown time sampling {sampling!r}: use uniform or logit_normal")
+
+
+def flow_matching_loss(
+    model,
+    x0: torch.Tensor,
+    noise: torch.Tensor,
+    t: torch.Tensor,
+    num_train_timesteps: int,
+    class_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Conditional flow matching: the MSE between the UNet's output at x_t and the velocity noise - x_0.
+
+    Args:
+        model: a `UNet2DModel`; it sees the time as timestep t * num_train_timesteps, the scale of
+            `FlowMatchEulerDiscreteScheduler.timesteps` at sampling time (and of a DDPM's timesteps).
+        x0: clean images in [-1, 1], (batch, C, H, W).
+        noise: N(0, I) draws, shape of `x0`.
+        t: (batch,) times in [0, 1] (`flow_times`).
+        class_labels: int64 (batch,) class indices for a class-conditional UNet.
+    """
+    conditioning = {} if class_labels is None else {"class_labels": class_labels}
+    prediction = model(interpolate(x0, noise, t), t * num_train_timesteps, **conditioning).sample
+    return F.mse_loss(prediction.float(), velocity(x0, noise).float())
+
+
 def step_generator(seed: int, *keys: int, device: str | torch.device = "cpu") -> torch.Generator:
     """A generator seeded by (`seed`, `*keys`), e.g. (seed, micro-step): the random numbers of a step then
     depend on the step alone, so a resumed run needs no generator state."""
@@ -92,6 +146,7 @@ class BatchDraws(NamedTuple):
     timesteps: torch.Tensor  # int64 (batch,): t ~ Uniform({0, ..., T-1})
     flip: torch.Tensor  # bool (batch,): mirror the image (dataset.random_flip)
     drop: torch.Tensor  # bool (batch,): replace the label by the null class (classifier-free guidance)
+    uniform: torch.Tensor  # (batch,): u ~ Uniform(0, 1), flow matching's time (`flow_times`)
 
 
 def draw_batch(
@@ -104,8 +159,8 @@ def draw_batch(
     process_index: int = 0,
     device: str | torch.device = "cpu",
 ) -> BatchDraws:
-    """Draws the noise, timesteps, flips and label dropout of micro-batch `micro_step` (counted from 0
-    over the whole run).
+    """Draws the noise, the timesteps (DDPM) and uniform times (flow matching), the flips and the label
+    dropout of micro-batch `micro_step` (counted from 0 over the whole run).
 
     Everything is drawn for the global micro-batch (`num_processes * shape[0]` rows, in the order the
     processes' shards make it up) from a generator seeded by (`seed`, `micro_step`), and this process
@@ -124,4 +179,5 @@ def draw_batch(
     drop = torch.rand(batch, **options) < drop_prob
     noise = torch.randn((batch, *shape[1:]), **options)
     timesteps = torch.randint(0, num_train_timesteps, (batch,), **options)
-    return BatchDraws(noise[rows], timesteps[rows], flip[rows], drop[rows])
+    uniform = torch.rand(batch, **options)  # drawn last: the draws above stay those of earlier versions
+    return BatchDraws(noise[rows], timesteps[rows], flip[rows], drop[rows], uniform[rows])

@@ -21,10 +21,12 @@ from diffusers import (
     DDPMPipeline,
     DDPMScheduler,
     DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
     UNet2DModel,
 )
 from PIL import Image
 
+from .config import DiffusionConfig
 from .hub import component_names
 from .pipelines.class_conditional_ddpm import ClassConditionalDDPMPipeline
 from .pipelines.latent_ddpm import LatentDDPMPipeline
@@ -35,14 +37,48 @@ SAMPLERS = {
     "ddpm": LinearNoiseScheduler,  # Algorithm 2 of Ho et al. 2020, ancestral sampling
     "ddim": DDIMScheduler,  # Song et al. 2021, deterministic (eta = 0)
     "dpm-solver": DPMSolverMultistepScheduler,  # DPM-Solver++ (Lu et al. 2022), second order
+    "flow-euler": FlowMatchEulerDiscreteScheduler,  # flow matching: Euler steps along the learned velocity
 }
+# The samplers of each objective (a scheduler config's family, `is_flow`).
+FLOW_SAMPLERS = ("flow-euler", "dpm-solver")
+DDPM_SAMPLERS = ("ddpm", "ddim", "dpm-solver")
+
+
+def is_flow(config: dict) -> bool:
+    """Whether a scheduler config (saved, or a live scheduler's, which has no `_class_name`) samples a
+    flow-matching model: the FlowMatch* schedulers' `shift`, or DPM-Solver's flow mode."""
+    return "shift" in config or bool(config.get("use_flow_sigmas"))
 
 
 def make_scheduler(sampler: str, config: dict):
-    """A scheduler of the kind `sampler` (a key of `SAMPLERS`) with the noise schedule in `config`."""
+    """A scheduler of the kind `sampler` (a key of `SAMPLERS`) with the noise schedule in `config`.
+
+    A flow-matching config (`is_flow`) takes `flow-euler`, or `dpm-solver` in its flow mode (DPM-Solver++ on
+    the sigmas t of the straight path, the UNet's output read as the velocity).
+    """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is unknown: choose one of {list(SAMPLERS)}")
+    flow = is_flow(config)
+    allowed = FLOW_SAMPLERS if flow else DDPM_SAMPLERS
+    if sampler not in allowed:
+        kind = "a flow-matching" if flow else "a DDPM"
+        raise ValueError(f"sampler {sampler!r} cannot sample {kind} model: choose one of {list(allowed)}")
+    if flow and sampler == "dpm-solver":
+        return DPMSolverMultistepScheduler.from_config(
+            config,
+            prediction_type="flow_prediction",
+            use_flow_sigmas=True,
+            flow_shift=config.get("shift", 1.0),
+        )
     return SAMPLERS[sampler].from_config(config)
+
+
+def training_scheduler(diffusion: DiffusionConfig) -> LinearNoiseScheduler | FlowMatchEulerDiscreteScheduler:
+    """The scheduler a run trains with and exports: the DDPM noise schedule, or for flow matching the
+    Euler sampler of the straight path, which only needs the timestep scale."""
+    if diffusion.objective == "flow_matching":
+        return FlowMatchEulerDiscreteScheduler(num_train_timesteps=diffusion.num_train_timesteps)
+    return LinearNoiseScheduler(**diffusion.scheduler_kwargs())
 
 
 def make_pipeline(
@@ -59,22 +95,26 @@ def make_pipeline(
 
 def export_pipeline(
     unet: UNet2DModel,
-    scheduler: LinearNoiseScheduler,
+    scheduler: LinearNoiseScheduler | FlowMatchEulerDiscreteScheduler,
     output_dir: str | Path,
     id2label: dict[int, str] | None = None,
     vae: AutoencoderKL | None = None,
 ) -> None:
     """Writes `model_index.json`, `unet/` (safetensors) and `scheduler/` loadable by stock `DDPMPipeline`;
     a class-conditional UNet gets `ClassConditionalDDPMPipeline` with `id2label` and its pipeline file, a
-    UNet with an autoencoder `LatentDDPMPipeline` with `vae/` too."""
-    stock_scheduler = DDPMScheduler.from_config(scheduler.config)
-    make_pipeline(unet, stock_scheduler, id2label, vae).save_pretrained(output_dir, safe_serialization=True)
+    UNet with an autoencoder `LatentDDPMPipeline` with `vae/` too. A DDPM's scheduler is saved as stock
+    `DDPMScheduler`, a flow-matching model's as `FlowMatchEulerDiscreteScheduler`, which the same pipelines
+    drive unchanged."""
+    if isinstance(scheduler, LinearNoiseScheduler):
+        scheduler = DDPMScheduler.from_config(scheduler.config)
+    make_pipeline(unet, scheduler, id2label, vae).save_pretrained(output_dir, safe_serialization=True)
 
 
 def load_pipeline(
-    model: str | Path, sampler: str = "ddpm", device: str | torch.device = "cpu"
-) -> DDPMPipeline | ClassConditionalDDPMPipeline:
-    """Loads an exported pipeline from a folder or a Hub repo id and swaps in `sampler`'s scheduler.
+    model: str | Path, sampler: str | None = None, device: str | torch.device = "cpu"
+) -> DDPMPipeline | ClassConditionalDDPMPipeline | LatentDDPMPipeline:
+    """Loads an exported pipeline from a folder or a Hub repo id and swaps in `sampler`'s scheduler (None:
+    the saved one, DDPM's ancestral sampler or flow matching's Euler).
 
     A class-conditional or latent export is assembled from its components and `id2label` with hf_ddpm's
     own copy of the pipeline class: the `.py` file that travels with it is never executed here.
@@ -91,7 +131,9 @@ def load_pipeline(
     try:
         if isinstance(index.get("_class_name"), list):
             unet = UNet2DModel.from_pretrained(model, subfolder="unet", use_safetensors=True)
-            scheduler = DDPMScheduler.from_pretrained(model, subfolder="scheduler")
+            config = DDPMScheduler.load_config(model, subfolder="scheduler")
+            kind = FlowMatchEulerDiscreteScheduler if is_flow(config) else DDPMScheduler
+            scheduler = kind.from_config(config)
             id2label = index.get("id2label")
             if index["_class_name"][-1] == LatentDDPMPipeline.__name__:
                 vae = AutoencoderKL.from_pretrained(model, subfolder="vae", use_safetensors=True)
@@ -106,7 +148,8 @@ def load_pipeline(
             f"{model} is not a complete pipeline: {reason[:300]}; export it again with training/train.py "
             "(weights are read only as safetensors)"
         ) from err
-    pipeline.scheduler = make_scheduler(sampler, pipeline.scheduler.config)
+    if sampler is not None:
+        pipeline.scheduler = make_scheduler(sampler, pipeline.scheduler.config)
     return pipeline.to(device)
 
 

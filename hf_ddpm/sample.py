@@ -18,7 +18,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--model", required=True, help="folder written by training/train.py, or a Hub repo id"
     )
-    parser.add_argument("--sampler", default="ddpm", choices=["ddpm", "ddim", "dpm-solver"])
+    parser.add_argument(
+        "--sampler",
+        choices=["ddpm", "ddim", "dpm-solver", "flow-euler"],
+        help="default: the model's own (ddpm, or flow-euler for a flow-matching model)",
+    )
     parser.add_argument(
         "--steps", type=int, default=None, help="inference steps (default: 1000 for ddpm, else 50)"
     )
@@ -30,19 +34,20 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="grid.png", help="PNG file for the grid")
     args = parser.parse_args(argv)
 
-    from .pipeline import generate, grid_columns, load_pipeline, save_grid
+    from .pipeline import generate, grid_columns, is_flow, load_pipeline, save_grid
 
-    steps = args.steps or (1000 if args.sampler == "ddpm" else 50)
     try:
         pipeline = load_pipeline(args.model, args.sampler, args.device)
     except (ValueError, OSError) as err:
         parser.error(str(err))
+    sampler = args.sampler or ("flow-euler" if is_flow(pipeline.scheduler.config) else "ddpm")
+    steps = args.steps or (1000 if sampler == "ddpm" else 50)
     start = time.perf_counter()
     images = generate(pipeline, args.num_images, steps, args.seed, args.batch_size, args.guidance_scale)
     seconds = time.perf_counter() - start
     path = save_grid(images, args.out, cols=grid_columns(pipeline))
     per_image = seconds / args.num_images
-    print(f"{args.num_images} images, {args.sampler} {steps} steps, {per_image:.3f} s/image -> {path}")
+    print(f"{args.num_images} images, {sampler} {steps} steps, {per_image:.3f} s/image -> {path}")
 
 
 def _cuda() -> bool:

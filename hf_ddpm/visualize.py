@@ -415,7 +415,7 @@ def sampler_grids(
     fig = _figure(2.6 * len(results), 3.2)
     axes = fig.subplots(1, len(results), squeeze=False)[0]
     for ax, (sampler, steps, images, seconds) in zip(axes, results, strict=True):
-        grid = _tile(images)
+        grid = tile(images)
         ax.imshow(grid[..., 0] if grid.shape[-1] == 1 else grid, cmap="gray", vmin=0, vmax=255)
         ax.set_title(f"{sampler}, {steps} steps\n{seconds:.1f} s", fontsize=10)
         ax.set_axis_off()
@@ -448,7 +448,7 @@ def _show(ax: Axes, image: torch.Tensor) -> None:
     ax.set_yticks([])
 
 
-def _tile(images: np.ndarray, padding: int = 2) -> np.ndarray:
+def tile(images: np.ndarray, padding: int = 2) -> np.ndarray:
     """uint8 images (N, H, W, C) -> one uint8 grid (rows * (H + padding) - padding, ..., C), near square."""
     n, h, w, c = images.shape
     cols = math.ceil(math.sqrt(n))

@@ -231,11 +231,14 @@ class LatentDDPMPipeline(DiffusionPipeline):
         latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
         # Schedulers that work in sigma space (Euler, ...) start from noise of std sigma_max, not 1.
-        latents = latents * self.scheduler.init_noise_sigma
+        # Flow matching's schedulers start from unit noise and scale no model input: they have neither.
+        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
         step_kwargs = {"generator": generator} if _accepts(self.scheduler.step, "generator") else {}
 
         for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = self.scheduler.scale_model_input(latents, t)
+            model_input = latents
+            if hasattr(self.scheduler, "scale_model_input"):
+                model_input = self.scheduler.scale_model_input(latents, t)
             if guided:
                 model_input = torch.cat([model_input, model_input])
             output = self.unet(model_input, t, class_labels=model_labels).sample

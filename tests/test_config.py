@@ -6,14 +6,14 @@ import pytest
 import yaml
 from diffusers import DDPMScheduler
 
-from hf_ddpm.config import AutoencoderRunConfig, Config, DiffusionConfig, load_config
+from hf_ddpm.config import OBJECTIVE_KEYS, AutoencoderRunConfig, Config, DiffusionConfig, load_config
 
 CONFIGS = sorted((Path(__file__).parents[1] / "training" / "configs").glob("*.yaml"))
 
 
 def test_diffusion_defaults_are_stock_ddpm_defaults():
     stock = inspect.signature(DDPMScheduler.__init__).parameters
-    for key, value in vars(DiffusionConfig()).items():
+    for key, value in DiffusionConfig().scheduler_kwargs().items():
         assert stock[key].default == value, key
 
 
@@ -21,7 +21,9 @@ def test_diffusion_keys_are_scheduler_arguments():
     from hf_ddpm import LinearNoiseScheduler
 
     ours = inspect.signature(LinearNoiseScheduler.__init__).parameters
-    assert {k: p.default for k, p in ours.items() if k != "self"} == vars(DiffusionConfig())
+    assert {k: p.default for k, p in ours.items() if k != "self"} == DiffusionConfig().scheduler_kwargs()
+    # Every other key is the objective's, which no scheduler takes.
+    assert set(vars(DiffusionConfig())) - set(ours) == set(OBJECTIVE_KEYS)
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.stem for p in CONFIGS])

@@ -389,6 +389,41 @@ def test_a_class_conditional_pipeline_travels_with_its_code_and_its_card_snippet
     np.testing.assert_array_equal(remote, np.stack([np.asarray(i) for i in local]))
 
 
+def test_a_flow_matching_pipeline_loads_from_the_hub_with_stock_diffusers_and_hf_ddpm(hub, tmp_path):
+    """A flow-matching export (stock DDPMPipeline + FlowMatchEulerDiscreteScheduler) pushed to the Hub: the
+    card's snippet under stock diffusers and hf_ddpm's loader draw the same images as the local folder."""
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from hf_ddpm.models import build_unet
+    from hf_ddpm.pipeline import export_pipeline, generate, load_pipeline
+
+    folder, repo_id = tmp_path / "flow", "org/flow-tiny"
+    torch.manual_seed(0)
+    export_pipeline(build_unet("tiny"), FlowMatchEulerDiscreteScheduler(), folder)
+    flow = ["--diffusion.objective", "flow_matching", "--training.sampler", "flow-euler"]
+    cfg = load_config(
+        REPO / "training" / "configs" / "tiny.yaml", [*flow, "--training.eval_sampler", "flow-euler"]
+    )
+    write_model_card(folder, cfg, RunInfo(1.0, "CPU", 1, 5, 100, "mnist"), repo_id)
+    push(folder, repo_id, hub_env(hub.url, tmp_path / "up", ALICE, upload=True), tmp_path)
+
+    code = re.search(r"```python\n(.*?)```", (folder / "README.md").read_text(), re.S).group(1)
+    assert f'DDPMPipeline.from_pretrained("{repo_id}")' in code and "num_inference_steps=20" in code
+    code += "\nimport numpy as np\nnp.save('images.npy', np.stack([np.asarray(i) for i in images]))\n"
+    run([sys.executable, "-c", 'import sys\nsys.modules["hf_ddpm"] = None\n' + code],
+        hub_env(hub.url, tmp_path / "home"), tmp_path)  # fmt: skip
+    remote = np.load(tmp_path / "images.npy")
+    local = generate(load_pipeline(folder), 16, 20, seed=0)
+    assert remote.shape == (16, 28, 28)
+    np.testing.assert_array_equal(remote, local[..., 0])
+    loader = (
+        "import sys; from hf_ddpm.pipeline import load_pipeline; "
+        "print(type(load_pipeline(sys.argv[1]).scheduler).__name__)"
+    )
+    from_hub = run([sys.executable, "-c", loader, repo_id], hub_env(hub.url, tmp_path / "home2"), tmp_path)
+    assert from_hub.stdout.split() == ["FlowMatchEulerDiscreteScheduler"]
+
+
 UPLOAD = textwrap.dedent(
     """
     import sys

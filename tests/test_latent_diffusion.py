@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 from diffusers import AutoencoderKL
+from run_logs import scalars
 from safetensors.torch import load_file
 
 from hf_ddpm.config import AutoencoderRunConfig, load_config
@@ -33,13 +34,6 @@ def run(cmd, cwd: Path, **env) -> subprocess.CompletedProcess:
                             text=True)  # fmt: skip
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
-
-
-def scalars(logdir: Path, tag: str) -> list[float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    (events,) = {p.parent for p in logdir.rglob("events.out.tfevents.*")}
-    return [e.value for e in EventAccumulator(str(events)).Reload().Scalars(tag)]
 
 
 @pytest.fixture(scope="module")
@@ -65,7 +59,7 @@ def latent_run(autoencoder, tmp_path_factory, mnist_dir):
 
 
 def test_autoencoder_training_lowers_the_reconstruction_error_and_saves_a_stock_model(autoencoder):
-    mse = scalars(autoencoder / "logs", "mse")
+    mse = scalars(autoencoder / "logs", "mse", run="hf-ddpm-autoencoder")
     assert len(mse) == 60 and np.mean(mse[-10:]) < 0.6 * np.mean(mse[:10])
     vae = AutoencoderKL.from_pretrained(autoencoder, use_safetensors=True)  # stock diffusers
     assert (autoencoder / "diffusion_pytorch_model.safetensors").is_file()

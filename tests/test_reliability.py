@@ -17,6 +17,7 @@ import pytest
 import torch
 from hub_server import LoopbackHub
 from PIL import Image
+from run_logs import scalars
 from safetensors.torch import load_file
 
 from hf_ddpm.checkpoints import check_model_weights, resolve_checkpoint
@@ -242,10 +243,3 @@ def test_two_processes_split_the_global_batch_and_match_one(tmp_path, mnist_dir)
     assert scalars(runs["two"] / "logs", "loss") == pytest.approx(
         scalars(runs["one"] / "logs", "loss"), abs=1e-5
     )
-
-
-def scalars(logdir: Path, tag: str) -> list[float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    (events,) = {p.parent for p in logdir.rglob("events.out.tfevents.*") if p.parent.name == "hf-ddpm"}
-    return [e.value for e in EventAccumulator(str(events)).Reload().Scalars(tag)]

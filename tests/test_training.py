@@ -10,6 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from run_logs import scalars
 from safetensors.torch import load_file
 
 REPO = Path(__file__).resolve().parents[1]
@@ -33,15 +34,6 @@ def run(cmd, cwd, **env):
     result = subprocess.run(cmd, cwd=cwd, env={**os.environ, **env}, capture_output=True, text=True)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return result
-
-
-def scalars(logdir: Path, tag: str) -> list[float]:
-    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
-
-    runs = [p.parent for p in logdir.rglob("events.out.tfevents.*")]
-    assert runs, f"no TensorBoard events under {logdir}"
-    events = EventAccumulator(str(runs[0])).Reload()
-    return [e.value for e in events.Scalars(tag)]
 
 
 @pytest.fixture(scope="module")
@@ -160,11 +152,19 @@ def test_stock_diffusers_loads_and_samples_like_our_scheduler(trained, tmp_path,
     np.testing.assert_allclose(images, stock, atol=1e-5)
 
 
-def test_resume_continues_exactly(tmp_path, mnist_dir):
+FLOW_MATCHING = [
+    *("--diffusion.objective", "flow_matching"),
+    *("--training.sampler", "flow-euler", "--training.eval_sampler", "flow-euler"),
+]
+
+
+@pytest.mark.parametrize("objective", [[], FLOW_MATCHING], ids=["ddpm", "flow_matching"])
+def test_resume_continues_exactly(tmp_path, mnist_dir, objective):
     """Kill-free resume check: drop the final checkpoint, resume from the one before, get the same weights."""
     common = [
         sys.executable,
         *TRAIN,
+        *objective,
         "--dataset.path",
         str(mnist_dir),
         "--dataset.max_samples",

@@ -1,6 +1,7 @@
-"""Train a DDPM (Ho et al. 2020) on a `datasets` image source and export a stock `DDPMPipeline`
-(or, with `model.class_conditional`, a `ClassConditionalDDPMPipeline` with classifier-free guidance; with
-`model.latent_autoencoder`, a `LatentDDPMPipeline` trained on the autoencoder's latents).
+"""Train a DDPM (Ho et al. 2020), or with `diffusion.objective: flow_matching` a flow-matching model, on a
+`datasets` image source and export a stock `DDPMPipeline` (or, with `model.class_conditional`, a
+`ClassConditionalDDPMPipeline` with classifier-free guidance; with `model.latent_autoencoder`, a
+`LatentDDPMPipeline` trained on the autoencoder's latents).
 
     accelerate launch training/train.py --config training/configs/mnist.yaml [--SECTION.KEY VALUE ...]
 
@@ -15,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import dataclasses
 import errno
 import json
 import logging
@@ -53,9 +53,16 @@ from hf_ddpm.hub import HubPushError, create_repo, push_to_hub
 from hf_ddpm.latents import encode_dataset, load_autoencoder
 from hf_ddpm.model_card import RunInfo, describe_hardware, save_run_info, write_model_card
 from hf_ddpm.models import build_unet
-from hf_ddpm.objectives import diffusion_loss, draw_batch
-from hf_ddpm.pipeline import export_pipeline, generate, grid_columns, make_pipeline, make_scheduler, save_grid
-from hf_ddpm.scheduler import LinearNoiseScheduler
+from hf_ddpm.objectives import diffusion_loss, draw_batch, flow_matching_loss, flow_times
+from hf_ddpm.pipeline import (
+    export_pipeline,
+    generate,
+    grid_columns,
+    make_pipeline,
+    make_scheduler,
+    save_grid,
+    training_scheduler,
+)
 
 logger = get_logger(__name__, log_level="INFO")
 
@@ -138,7 +145,8 @@ def main(cfg: Config) -> None:
             check_free_space(output_dir, unet, t.use_ema)
         except ValueError as err:
             sys.exit(f"error: {err}")
-    scheduler = LinearNoiseScheduler(**dataclasses.asdict(cfg.diffusion))
+    scheduler = training_scheduler(cfg.diffusion)
+    flow = cfg.diffusion.objective == "flow_matching"
     ema = None
     if t.use_ema:
         ema = EMAModel(
@@ -200,6 +208,7 @@ def main(cfg: Config) -> None:
         f"{t.train_batch_size * accelerator.num_processes * t.gradient_accumulation_steps}"
     )
 
+    T = scheduler.config.num_train_timesteps
     batches_per_epoch = len(dataloader) if not cfg.dataset.streaming else None
     micro_step = global_step * t.gradient_accumulation_steps  # batches consumed; keys the random numbers
     epoch, skip = divmod(micro_step, batches_per_epoch) if batches_per_epoch else (0, micro_step)
@@ -224,7 +233,7 @@ def main(cfg: Config) -> None:
                 t.seed,
                 micro_step,
                 (len(images), channels, size, size),
-                scheduler.config.num_train_timesteps,
+                T,
                 t.cond_drop_prob,
                 accelerator.num_processes,
                 accelerator.process_index,
@@ -249,9 +258,14 @@ def main(cfg: Config) -> None:
                     )
                 class_labels = torch.where(draws.drop, len(id2label), labels)  # the null class
             with accelerator.accumulate(unet):
-                loss = diffusion_loss(
-                    unet, scheduler, x0, None, t.snr_gamma, class_labels, draws.noise, draws.timesteps
-                )
+                if flow:
+                    d = cfg.diffusion
+                    times = flow_times(draws.uniform, d.time_sampling, d.logit_mean, d.logit_std)
+                    loss = flow_matching_loss(unet, x0, draws.noise, times, T, class_labels)
+                else:
+                    loss = diffusion_loss(
+                        unet, scheduler, x0, None, t.snr_gamma, class_labels, draws.noise, draws.timesteps
+                    )
                 # A NaN or inf loss on any process skips the update on every process (the replicas stay
                 # equal); its gradients would turn every weight into NaN.
                 losses = accelerator.gather(loss.detach().reshape(1))

@@ -140,11 +140,14 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         shape = (len(labels), config.in_channels, config.sample_size, config.sample_size)
         image = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        image = image * self.scheduler.init_noise_sigma
+        # Flow matching's schedulers start from unit noise and scale no model input: they have neither.
+        image = image * getattr(self.scheduler, "init_noise_sigma", 1.0)
         step_kwargs = {"generator": generator} if _accepts(self.scheduler.step, "generator") else {}
 
         for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = self.scheduler.scale_model_input(image, t)
+            model_input = image
+            if hasattr(self.scheduler, "scale_model_input"):
+                model_input = self.scheduler.scale_model_input(image, t)
             if guided:
                 model_input = torch.cat([model_input, model_input])
             output = self.unet(model_input, t, class_labels=model_labels).sample

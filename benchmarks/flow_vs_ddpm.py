@@ -1,0 +1,212 @@
+"""Flow matching against DDPM (epsilon and v-prediction) on MNIST: same UNet, data, batch and training time.
+
+    # train the three models one after the other, each alone on the machine
+    .venv/bin/python benchmarks/flow_vs_ddpm.py train
+    # sample each at 1000 (DDPM only), 50, 20, 10 and 5 steps; score; time a training step of each objective
+    .venv/bin/python benchmarks/flow_vs_ddpm.py compare --picture docs/images/flow_vs_ddpm.png
+
+Every model is training/configs/mnist.yaml's recipe (the `small` UNet, batch 64, 3000 steps, AdamW 1e-3
+cosine, bf16, EMA 0.999) and differs only in what the UNet learns: epsilon or v with Min-SNR-5 weighting,
+or the flow-matching velocity (training/configs/mnist-flow.yaml). Equal steps are equal training time
+because the objectives cost the same per step: `compare` times one step of each, in the same run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from latent_vs_pixel import median_step_seconds
+from safetensors.torch import load_file
+
+from hf_ddpm.evaluate import data_floor, load_reference, score, to_nchw
+from hf_ddpm.models import build_unet
+from hf_ddpm.objectives import diffusion_loss, draw_batch, flow_matching_loss, flow_times
+from hf_ddpm.pipeline import generate, load_pipeline
+from hf_ddpm.scheduler import LinearNoiseScheduler
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIGS = REPO / "training" / "configs"
+# name -> (config, overrides)
+MODELS = {
+    "ddpm-eps": ("mnist.yaml", []),
+    "ddpm-v": ("mnist.yaml", ["--diffusion.prediction_type", "v_prediction"]),
+    "flow": ("mnist-flow.yaml", []),
+}
+# Nothing sampled during training (evaluation happens in `compare`, for all three alike); the final grid of
+# the DDPM models with DPM-Solver++ rather than 1000 ancestral steps, which would take minutes.
+NO_EVAL = ["--training.eval_every", "0", "--training.save_images_steps", "100000"]
+FAST_GRID = ["--training.sampler", "dpm-solver", "--training.num_inference_steps", "20"]
+
+
+def train(names: list[str], out_root: Path, threads: int, extra: list[str]) -> None:
+    for name in names:
+        config, overrides = MODELS[name]
+        grid = [] if name == "flow" else FAST_GRID
+        command = [
+            *(sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"),
+            *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
+            *("--num_cpu_threads_per_process", str(threads)),
+            str(REPO / "training" / "train.py"),
+            *("--config", str(CONFIGS / config)),
+            *("--training.output_dir", str(out_root / name)),
+            *NO_EVAL,
+            *grid,
+            *overrides,
+            *extra,
+        ]
+        print(" ".join(command), flush=True)
+        subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+
+
+# (model, sampler, steps) in table order: the paper's 1000 ancestral steps for the DDPMs only, then each
+# model's fast samplers. Euler is flow matching's own; DDIM is its first-order counterpart for a DDPM, and
+# DPM-Solver++ the best fast sampler of both (for flow matching in diffusers' flow mode).
+FEW_STEPS = (50, 20, 10, 5)
+SWEEP = [
+    *[(m, "ddpm", 1000) for m in ("ddpm-eps", "ddpm-v")],
+    *[(m, s, n) for m in ("ddpm-eps", "ddpm-v") for s in ("dpm-solver", "ddim") for n in FEW_STEPS],
+    *[("flow", s, n) for s in ("flow-euler", "dpm-solver") for n in FEW_STEPS],
+]
+# The picture: one row per model, one column per step count; the DDPMs' fast sampler is DPM-Solver++.
+PICTURE_SAMPLER = {"ddpm-eps": "dpm-solver", "ddpm-v": "dpm-solver", "flow": "flow-euler"}
+PICTURE_STEPS = (1000, *FEW_STEPS)
+
+
+def step_seconds(repeats: int, batch: int = 64) -> dict[str, float]:
+    """One training step of each objective with the same `small` UNet and batch (bf16 autocast, AdamW)."""
+    x0 = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    draws = draw_batch(0, 0, tuple(x0.shape), 1000)
+    eps, v = LinearNoiseScheduler(), LinearNoiseScheduler(prediction_type="v_prediction")
+    losses = {
+        "ddpm-eps": lambda unet: diffusion_loss(unet, eps, x0, None, 5.0, None, draws.noise, draws.timesteps),
+        "ddpm-v": lambda unet: diffusion_loss(unet, v, x0, None, 5.0, None, draws.noise, draws.timesteps),
+        "flow": lambda unet: flow_matching_loss(
+            unet, x0, draws.noise, flow_times(draws.uniform, "uniform"), 1000
+        ),
+    }
+    seconds = {}
+    for name, loss in losses.items():
+        torch.manual_seed(0)
+        unet = build_unet("small")
+        seconds[name] = median_step_seconds(unet, lambda unet=unet, loss=loss: loss(unet), repeats)
+    return seconds
+
+
+def train_minutes(run: Path) -> float:
+    """The run's training clock (optimizer steps only) from its last checkpoint."""
+    last = max(
+        run.glob("checkpoint-*/train_clock.safetensors"), key=lambda p: int(p.parent.name.split("-")[1])
+    )
+    return load_file(last)["train_seconds"].item() / 60
+
+
+def compare(out_root: Path, num_images: int, seed: int, picture: Path | None, repeats: int) -> None:
+    threads = torch.get_num_threads()
+    print(f"# {num_images} samples per row, seed {seed}, {threads} threads; classifier metrics against the "
+          "MNIST test split (10,000 digits)", flush=True)  # fmt: skip
+    steps = step_seconds(repeats)
+    print("\n| model | train step (ms, measured here) | vs ddpm-eps | steps | training clock (min) |")
+    print("|---|---|---|---|---|")
+    for name, s in steps.items():
+        run = out_root / name
+        config = json.loads((run / "run_info.json").read_text())
+        print(f"| {name} | {1000 * s:.1f} | {s / steps['ddpm-eps']:.3f}x | {config['steps']} | "
+              f"{train_minutes(run):.1f} |", flush=True)  # fmt: skip
+    ref = load_reference("mnist")
+    print("\n| model | sampler | steps | classifier-FID | legibility | class entropy | s/image |")
+    print("|---|---|---|---|---|---|---|")
+    rows, cells = [], {}
+    for name, sampler, n in SWEEP:
+        pipeline = load_pipeline(out_root / name, sampler)
+        pipeline.set_progress_bar_config(disable=True)
+        start = time.perf_counter()
+        images = generate(pipeline, num_images, n, seed=seed, batch_size=128)
+        seconds = (time.perf_counter() - start) / num_images
+        rows.append({"model": name, "sampler": sampler, "steps": n, **score(to_nchw(images), ref),
+                     "s_per_image": seconds})  # fmt: skip
+        print(_row(rows[-1]), flush=True)
+        if PICTURE_SAMPLER[name] == sampler or sampler == "ddpm":
+            cells[name, n] = images[:16]
+    floor = data_floor(ref, num_images)
+    print(_row({"model": f"data ({num_images} train vs test)", "sampler": "-", "steps": "-", **floor,
+                "s_per_image": float("nan")}))  # fmt: skip
+    (out_root / "compare.json").write_text(
+        json.dumps({"num_images": num_images, "seed": seed, "threads": threads, "train_step_seconds": steps,
+                    "rows": rows, "floor": floor}, indent=2) + "\n"
+    )  # fmt: skip
+    if picture:
+        _picture(cells, picture)
+        print(f"wrote {picture}")
+
+
+def _row(r: dict) -> str:
+    return (
+        f"| {r['model']} | {r['sampler']} | {r['steps']} | {r['classifier_fid']:.1f} | "
+        f"{r['legibility']:.3f} | {r['class_entropy']:.3f} | {r['s_per_image']:.3f} |"
+    )
+
+
+def _picture(cells: dict[tuple[str, int], np.ndarray], path: Path) -> None:
+    """One row per model, one column per step count: the first 16 samples (same seed, so the same starting
+    noise in every cell)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hf_ddpm.visualize import tile
+
+    models = list(PICTURE_SAMPLER)
+    fig, axes = plt.subplots(
+        len(models), len(PICTURE_STEPS), figsize=(1.6 * len(PICTURE_STEPS), 1.6 * len(models))
+    )
+    for row, name in enumerate(models):
+        for col, n in enumerate(PICTURE_STEPS):
+            ax = axes[row, col]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if (name, n) in cells:
+                ax.imshow(tile(cells[name, n])[..., 0], cmap="gray", vmin=0, vmax=255)
+            else:
+                ax.text(0.5, 0.5, "DDPM only", ha="center", va="center", fontsize=9, color="gray")
+                ax.spines[:].set_visible(False)
+            if row == 0:
+                ax.set_title(f"{n} steps", fontsize=9)
+            if col == 0:
+                ax.set_ylabel(name, fontsize=9)
+    fig.tight_layout(pad=0.3)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    p_train = sub.add_parser("train", help="train the models one after the other")
+    p_train.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
+    p_train.add_argument("--threads", type=int, default=os.cpu_count())
+    p_train.add_argument("--out-root", type=Path, default=Path("outputs/flow-vs-ddpm"))
+    p_compare = sub.add_parser("compare", help="sample, score and time the trained models")
+    p_compare.add_argument("--out-root", type=Path, default=Path("outputs/flow-vs-ddpm"))
+    p_compare.add_argument("--num-images", type=int, default=256)
+    p_compare.add_argument("--seed", type=int, default=0)
+    p_compare.add_argument("--repeats", type=int, default=10, help="timed training steps per objective")
+    p_compare.add_argument("--picture", type=Path, help="PNG: one row per model, one column per step count")
+    args, extra = parser.parse_known_args()
+    if args.command == "train":
+        train(args.models, args.out_root, args.threads, extra)
+    else:
+        compare(args.out_root, args.num_images, args.seed, args.picture, args.repeats)
+
+
+if __name__ == "__main__":
+    main()
