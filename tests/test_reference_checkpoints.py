@@ -18,15 +18,18 @@ from hf_ddpm.metrics import class_entropy, legibility
 CHECKPOINTS = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
-@pytest.mark.parametrize("name", ["ddpm-mnist", "ddpm-textures"])
-def test_reference_pipeline_is_a_small_stock_pipeline(name):
+@pytest.mark.parametrize("name, scheduler", [
+    ("ddpm-mnist", "DDPMScheduler"),
+    ("ddpm-textures", "DDPMScheduler"),
+    ("flow-mnist", "FlowMatchEulerDiscreteScheduler"),
+])  # fmt: skip
+def test_reference_pipeline_is_a_small_stock_pipeline(name, scheduler):
     folder = CHECKPOINTS / name
     weights = folder / "unet" / "diffusion_pytorch_model.safetensors"
     assert weights.stat().st_size <= 16 * 2**20
     assert not list(folder.rglob("*.bin")) and not list(folder.rglob("*.pkl"))  # safetensors only
     assert (
-        json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"]
-        == "DDPMScheduler"
+        json.loads((folder / "scheduler" / "scheduler_config.json").read_text())["_class_name"] == scheduler
     )
     report = json.loads((folder / "eval.json").read_text())
     assert report["samples"]["classifier_fid"] > report["floor"]["classifier_fid"]  # the floor is a floor
@@ -34,9 +37,15 @@ def test_reference_pipeline_is_a_small_stock_pipeline(name):
     assert f'DDPMPipeline.from_pretrained("checkpoints/{name}")' in card and "## Evaluation" in card
 
 
-def test_reference_mnist_pipeline_draws_digits_of_every_class():
-    pipeline = DDPMPipeline.from_pretrained(CHECKPOINTS / "ddpm-mnist", use_safetensors=True)
-    pipeline.scheduler = DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config)
+# The flow-matching model with its saved Euler sampler (stock DDPMPipeline drives it), in 20 steps.
+@pytest.mark.parametrize("name, fast_sampler", [
+    ("ddpm-mnist", DPMSolverMultistepScheduler),
+    ("flow-mnist", None),
+])  # fmt: skip
+def test_reference_mnist_pipeline_draws_digits_of_every_class(name, fast_sampler):
+    pipeline = DDPMPipeline.from_pretrained(CHECKPOINTS / name, use_safetensors=True)
+    if fast_sampler is not None:
+        pipeline.scheduler = fast_sampler.from_config(pipeline.scheduler.config)
     pipeline.set_progress_bar_config(disable=True)
     out = pipeline(
         batch_size=100, num_inference_steps=20, generator=torch.Generator().manual_seed(1), output_type="np"
