@@ -34,22 +34,21 @@ from hf_ddpm.scheduler import LinearNoiseScheduler
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
-# name -> (config, overrides)
-MODELS = {
-    "ddpm-eps": ("mnist.yaml", []),
-    "ddpm-v": ("mnist.yaml", ["--diffusion.prediction_type", "v_prediction"]),
-    "flow": ("mnist-flow.yaml", []),
-}
 # Nothing sampled during training (evaluation happens in `compare`, for all three alike); the final grid of
 # the DDPM models with DPM-Solver++ rather than 1000 ancestral steps, which would take minutes.
 NO_EVAL = ["--training.eval_every", "0", "--training.save_images_steps", "100000"]
 FAST_GRID = ["--training.sampler", "dpm-solver", "--training.num_inference_steps", "20"]
+# name -> (config, overrides)
+MODELS = {
+    "ddpm-eps": ("mnist.yaml", FAST_GRID),
+    "ddpm-v": ("mnist.yaml", [*FAST_GRID, "--diffusion.prediction_type", "v_prediction"]),
+    "flow": ("mnist-flow.yaml", []),
+}
 
 
 def train(names: list[str], out_root: Path, threads: int, extra: list[str]) -> None:
     for name in names:
         config, overrides = MODELS[name]
-        grid = [] if name == "flow" else FAST_GRID
         command = [
             *(sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"),
             *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
@@ -58,7 +57,6 @@ def train(names: list[str], out_root: Path, threads: int, extra: list[str]) -> N
             *("--config", str(CONFIGS / config)),
             *("--training.output_dir", str(out_root / name)),
             *NO_EVAL,
-            *grid,
             *overrides,
             *extra,
         ]

@@ -80,6 +80,10 @@ class DiffusionConfig:
     timestep_spacing: str = "leading"
     steps_offset: int = 0
 
+    @property
+    def flow_matching(self) -> bool:
+        return self.objective == "flow_matching"
+
     def scheduler_kwargs(self) -> dict[str, Any]:
         """The `LinearNoiseScheduler` / `DDPMScheduler` arguments: every key but the objective's."""
         return {k: v for k, v in dataclasses.asdict(self).items() if k not in OBJECTIVE_KEYS}
@@ -357,7 +361,7 @@ def _check_values(config: Config) -> None:
 def _check_objective(config: Config) -> None:
     """Keys that belong to the other objective are refused rather than silently ignored."""
     d, t = config.diffusion, config.training
-    flow = d.objective == "flow_matching"
+    flow = d.flow_matching
     if d.logit_std <= 0:
         raise ValueError(f"diffusion.logit_std is {d.logit_std}: it must be positive (1.0 is usual)")
     if flow and t.snr_gamma is not None:

@@ -99,7 +99,7 @@ def write_model_card(
     vae_config = folder / "vae" / "config.json"  # a latent diffusion model's autoencoder
     vae = json.loads(vae_config.read_text()) if vae_config.is_file() else None
     scheduler = json.loads((folder / "scheduler" / "scheduler_config.json").read_text())
-    flow = cfg.diffusion.objective == "flow_matching"
+    flow = cfg.diffusion.flow_matching
     name = cfg.dataset.name or Path(run.data_source).name
     short = _short_names(cfg, run)
     restricted = next((RESTRICTED_DATA[k] for k in short if k in RESTRICTED_DATA), None)
@@ -216,7 +216,7 @@ def _summary(
             "`AutoencoderKL` (`vae/`), which decodes its samples: latent diffusion "
             "([Rombach et al. 2022](https://arxiv.org/abs/2112.10752))."
         )
-    if cfg.diffusion.objective == "flow_matching":
+    if cfg.diffusion.flow_matching:
         model = "a flow-matching model ([Lipman et al. 2023](https://arxiv.org/abs/2210.02747))"
         learns = (
             "the velocity ε - x_0 of the straight path x_t = (1 - t) x_0 + t ε from the data to the noise, "
@@ -276,7 +276,7 @@ def _usage(
     """Python that loads the pipeline and samples it the way `samples.png` was made (sampler, steps)."""
     t = cfg.training
     scheduler_class = SAMPLER_CLASSES[t.sampler]
-    flow_options = f", {FLOW_DPM_SOLVER}" if cfg.diffusion.objective == "flow_matching" else ""
+    flow_options = f", {FLOW_DPM_SOLVER}" if cfg.diffusion.flow_matching else ""
     remote_code = bool(id2label or vae)
     pipeline_class = "DiffusionPipeline" if remote_code else "DDPMPipeline"
     imports = ", ".join(c for c in (scheduler_class, pipeline_class) if c)
@@ -390,7 +390,7 @@ def _training_rows(
 
 def _loss(cfg: Config) -> str:
     d = cfg.diffusion
-    if d.objective == "flow_matching":
+    if d.flow_matching:
         times = (
             f"logit-normal t (sigmoid of N({d.logit_mean:g}, {d.logit_std:g}²))"
             if d.time_sampling == "logit_normal"

@@ -76,7 +76,7 @@ def make_scheduler(sampler: str, config: dict):
 def training_scheduler(diffusion: DiffusionConfig) -> LinearNoiseScheduler | FlowMatchEulerDiscreteScheduler:
     """The scheduler a run trains with and exports: the DDPM noise schedule, or for flow matching the
     Euler sampler of the straight path, which only needs the timestep scale."""
-    if diffusion.objective == "flow_matching":
+    if diffusion.flow_matching:
         return FlowMatchEulerDiscreteScheduler(num_train_timesteps=diffusion.num_train_timesteps)
     return LinearNoiseScheduler(**diffusion.scheduler_kwargs())
 

@@ -146,7 +146,6 @@ def main(cfg: Config) -> None:
         except ValueError as err:
             sys.exit(f"error: {err}")
     scheduler = training_scheduler(cfg.diffusion)
-    flow = cfg.diffusion.objective == "flow_matching"
     ema = None
     if t.use_ema:
         ema = EMAModel(
@@ -258,7 +257,7 @@ def main(cfg: Config) -> None:
                     )
                 class_labels = torch.where(draws.drop, len(id2label), labels)  # the null class
             with accelerator.accumulate(unet):
-                if flow:
+                if cfg.diffusion.flow_matching:
                     d = cfg.diffusion
                     times = flow_times(draws.uniform, d.time_sampling, d.logit_mean, d.logit_std)
                     loss = flow_matching_loss(unet, x0, draws.noise, times, T, class_labels)
