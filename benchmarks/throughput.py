@@ -203,7 +203,7 @@ def build_plain_loop(cfg: Config, channels: int, bf16: bool = False) -> PlainLoo
     """A fresh UNet with the AdamW that train.py gives it; seeded, so every variant starts alike."""
     t = cfg.training
     set_seed(t.seed)
-    model = build_unet(cfg.model.preset, cfg.dataset.image_size, channels, dropout=cfg.model.dropout)
+    model = build_unet(cfg.model.preset, cfg.dataset.image_size, channels, **cfg.model.unet_kwargs())
     model.train()
     optimizer = torch.optim.AdamW(
         model.parameters(),

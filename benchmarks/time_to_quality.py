@@ -1,133 +1,230 @@
-"""Time to quality: sample metrics against training minutes for CPU training recipes on MNIST.
+"""Time to quality: which factors of the MNIST recipe buy sample quality per CPU minute.
 
-    # train (each recipe is training/configs/mnist.yaml plus overrides; eval_every writes eval_log.jsonl)
-    .venv/bin/python benchmarks/time_to_quality.py run --recipes min-snr-b64 b128 --threads 1
-    # report: one table per run, the minutes to the target, and a plot
-    .venv/bin/python benchmarks/time_to_quality.py report outputs/ttq/* --plot docs/images/time_to_quality.png
+Every arm is `training/configs/mnist.yaml` (the baseline, arm `base`) with ONE factor changed, trained for
+the same training time: its number of steps is the budget divided by its own step time, measured first
+with every arm alone on the machine. Arms may then train side by side (one thread each) without changing
+the comparison, because their length is fixed in steps.
 
-Minutes are training minutes (optimizer steps only, as train.py counts them), so evaluation and grid
-sampling do not count against a recipe. The target: legibility >= 0.9 with class entropy >= 2.25 (log 10 =
-2.30 is uniform); legibility alone proves nothing, a model drawing one digit well would pass it.
+    # 1. step times, each arm alone on the machine (2 threads, about a minute per arm)
+    .venv/bin/python benchmarks/time_to_quality.py measure
+    # 2. train the arms (resumable: a killed arm continues from its last checkpoint); two runners in
+    #    parallel split the arms between them
+    .venv/bin/python benchmarks/time_to_quality.py run --arms base narrow wide --threads 1
+    # 3. one table and the frontier picture
+    .venv/bin/python benchmarks/time_to_quality.py report --plot docs/images/time_to_quality.png
+
+Sample quality is scored with the project's protocol (hf_ddpm.evaluate): classifier-FID, legibility and
+class entropy of `--eval-images` samples from DPM-Solver++ (20 steps) against the MNIST test split,
+beside the data floor at the same count; three times per arm, the last at the end of training.
+Minutes are training minutes (optimizer steps only), so sampling and scoring do not count.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
+import statistics
 import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "training" / "configs" / "mnist.yaml"
 TARGET_LEGIBILITY, TARGET_ENTROPY = 0.9, 2.25
 
-# Overrides of training/configs/mnist.yaml (whose default is the winner, `min-snr-b64`).
-RECIPES = {
-    "min-snr-b64": [],
-    "b128": ["--training.train_batch_size", "128", "--training.max_train_steps", "2000",
-             "--training.snr_gamma", "null"],
-    "tiny-b64": ["--model.preset", "tiny", "--training.learning_rate", "2e-3",
-                 "--training.max_train_steps", "6000"],
+# name -> (the factor it changes, overrides of mnist.yaml). `base` is mnist.yaml itself.
+ARMS: dict[str, tuple[str, list[str]]] = {
+    "base": ("baseline: small, batch 64, lr 1e-3, eps, Min-SNR-5, bf16, EMA 0.999", []),
+    "narrow": ("width 16/32/64", ["--model.block_out_channels", "[16,32,64]"]),
+    "wide": ("width 64/128/128", ["--model.block_out_channels", "[64,128,128]"]),
+    "layers-2": ("2 ResNets per block", ["--model.layers_per_block", "2"]),
+    "attn-none": ("attention in the mid block only", ["--model.attention_levels", "[false,false,false]"]),
+    "attn-14": ("attention at 14x14 and 7x7", ["--model.attention_levels", "[false,true,true]"]),
+    "cpu-preset": ("`cpu` preset, width 24/48/96", ["--model.preset", "cpu"]),
+    "b32": ("batch 32, lr 7e-4", ["--training.train_batch_size", "32", "--training.learning_rate", "7e-4",
+                                  "--training.lr_warmup_steps", "200"]),
+    "b128": ("batch 128, lr 1.4e-3", ["--training.train_batch_size", "128", "--training.learning_rate",
+                                      "1.4e-3", "--training.lr_warmup_steps", "50"]),
+    "v": ("v-prediction (Min-SNR-5)", ["--diffusion.prediction_type", "v_prediction"]),
+    "x0": ("x_0-prediction (Min-SNR-5)", ["--diffusion.prediction_type", "sample"]),
+    "no-weighting": ("plain L_simple", ["--training.snr_gamma", "null"]),
+    "p2": ("P2 weighting", ["--training.snr_gamma", "null", "--training.weighting_scheme", "p2"]),
+    "ema-long": ("EMA up to 0.9999, power 2/3", ["--training.ema_max_decay", "0.9999",
+                                                "--training.ema_power", "0.6667"]),
+    "ema-short": ("EMA up to 0.995", ["--training.ema_max_decay", "0.995"]),
+    "dropout": ("dropout 0.1", ["--model.dropout", "0.1"]),
+    "fp32": ("fp32 instead of bf16", ["--training.mixed_precision", "no"]),
+    "channels-last": ("channels-last memory order", ["--training.channels_last", "true"]),
 }  # fmt: skip
-# Intermediate grids off (they cost minutes of 1000-step sampling); the final grid stays.
-EVAL = [
-    "--training.eval_every",
-    "500",
-    "--training.eval_num_images",
-    "300",
-    "--training.save_images_steps",
-    "100000",
+# Fast grids and no intermediate ones: the 1000-step ancestral grid of mnist.yaml costs minutes.
+COMMON = [
+    *("--training.sampler", "dpm-solver", "--training.num_inference_steps", "20"),
+    *("--training.save_images_steps", "1000000000", "--training.checkpoints_total_limit", "1"),
 ]
+MEASURE_CHUNK, MEASURE_CHUNKS = 10, 10  # step times: checkpoints every 10 steps, 10 chunks after the first
 
 
-def run(recipes: list[str], threads: int, out_root: Path, extra: list[str]) -> None:
-    for name in recipes:
-        launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
-                  "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no",
-                  "--num_cpu_threads_per_process", str(threads)]  # fmt: skip
-        config = str(REPO / "training" / "configs" / "mnist.yaml")
-        cmd = [*launch, str(REPO / "training" / "train.py"), "--config", config,
-               "--training.output_dir", str(out_root / name), *EVAL, *RECIPES[name], *extra]  # fmt: skip
-        print(" ".join(cmd), flush=True)
-        subprocess.run(cmd, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
+def launch(arm: str, out: Path, threads: int, extra: list[str]) -> list[str]:
+    command = [
+        *(sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"),
+        *("--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(threads)),
+        *(str(REPO / "training" / "train.py"), "--config", str(CONFIG), "--training.output_dir", str(out)),
+        *COMMON,
+        *ARMS[arm][1],
+        *extra,
+    ]
+    print(" ".join(command), flush=True)
+    return command
+
+
+def _env() -> dict[str, str]:
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    env.setdefault("HF_DDPM_DATA_DIR", str(REPO.parent / "shared" / "data"))
+    return env
+
+
+def _clock(checkpoint: Path) -> float:
+    from safetensors.torch import load_file
+
+    return load_file(str(checkpoint / "train_clock.safetensors"))["train_seconds"].item()
+
+
+def measure(arms: list[str], root: Path, threads: int, core: int | None) -> None:
+    """Seconds per optimizer step of each arm (alone on the machine), into ROOT/step_times.json: the median
+    over chunks of `MEASURE_CHUNK` steps between checkpoints' training clocks, so a short burst of other work
+    on the machine moves one chunk, not the result."""
+    path = root / "step_times.json"
+    times = json.loads(path.read_text()) if path.is_file() else {}
+    for arm in arms:
+        out = root / "measure" / arm
+        extra = ["--training.max_train_steps", str(MEASURE_CHUNK * (MEASURE_CHUNKS + 1)),
+                 "--training.checkpointing_steps", str(MEASURE_CHUNK), "--training.checkpoints_total_limit",
+                 "null", "--training.eval_every", "0", "--training.num_sample_images", "1",
+                 "--training.report_to", "none"]  # fmt: skip
+        pin = ["taskset", "--cpu-list", str(core)] if core is not None else []
+        subprocess.run([*pin, *launch(arm, out, threads, extra)], check=True, env=_env())
+        clocks = [_clock(out / f"checkpoint-{MEASURE_CHUNK * i}") for i in range(1, MEASURE_CHUNKS + 2)]
+        # The first chunk warms up and is left out.
+        chunks = [(b - a) / MEASURE_CHUNK for a, b in zip(clocks, clocks[1:], strict=False)]
+        times[arm] = statistics.median(chunks)
+        print(f"{arm}: {1e3 * times[arm]:.0f} ms/step, chunks {[round(1e3 * c) for c in chunks]}", flush=True)
+        root.mkdir(parents=True, exist_ok=True)
+        path.write_text(json.dumps(times, indent=2) + "\n")
+
+
+def arm_steps(seconds_per_step: float, budget_minutes: float) -> int:
+    return math.floor(budget_minutes * 60 / seconds_per_step)
+
+
+def run(arms: list[str], root: Path, threads: int, budget: float, eval_images: int, seed: int) -> None:
+    times = json.loads((root / "step_times.json").read_text())
+    for arm in arms:
+        out = root / (arm if seed == 0 else f"{arm}-seed{seed}")
+        if (out / "eval.json").is_file():
+            print(f"{arm}: done", flush=True)
+            continue
+        steps = arm_steps(times[arm], budget)
+        extra = [
+            *("--training.max_train_steps", str(steps), "--training.eval_every", str(math.ceil(steps / 3))),
+            *("--training.eval_num_images", str(eval_images), "--training.checkpointing_steps", "250"),
+            *("--training.seed", str(seed), "--training.resume_from_checkpoint", "latest"),
+        ]
+        subprocess.run(launch(arm, out, threads, extra), check=True, env=_env())
 
 
 def load_log(run_dir: Path) -> list[dict]:
-    return [json.loads(line) for line in (run_dir / "eval_log.jsonl").read_text().splitlines()]
+    """eval_log.jsonl, one record per step (a resumed run may have logged a step twice: the last counts)."""
+    records = {}
+    for line in (run_dir / "eval_log.jsonl").read_text().splitlines():
+        record = json.loads(line)
+        records[record["step"]] = record
+    return [records[step] for step in sorted(records)]
 
 
-def minutes_to_target(records: list[dict]) -> float | None:
-    for r in records:
-        if r["legibility"] >= TARGET_LEGIBILITY and r["class_entropy"] >= TARGET_ENTROPY:
-            return r["train_minutes"]
-    return None
-
-
-def report(run_dirs: list[Path], plot: Path | None) -> None:
-    summary = []
-    for run_dir in run_dirs:
-        records = load_log(run_dir)
-        print(f"\n## {run_dir.name}\n")
-        print("| step | train min | classifier-FID | legibility | class entropy |\n|---|---|---|---|---|")
-        for r in records:
-            print(f"| {r['step']} | {r['train_minutes']:.1f} | {r['classifier_fid']:.2f} | "
-                  f"{r['legibility']:.3f} | {r['class_entropy']:.3f} |")  # fmt: skip
-        best = min(records, key=lambda r: r["classifier_fid"])
-        summary.append((run_dir.name, minutes_to_target(records), best, records[-1]))
-    print(f"\n## Summary (target: legibility >= {TARGET_LEGIBILITY}, entropy >= {TARGET_ENTROPY})\n")
-    print("| recipe | minutes to target | best classifier-FID (step) | final legibility | final entropy |")
-    print("|---|---|---|---|---|")
-    for name, minutes, best, last in summary:
-        reached = f"{minutes:.1f}" if minutes is not None else "not reached"
-        print(f"| {name} | {reached} | {best['classifier_fid']:.2f} ({best['step']}) | "
-              f"{last['legibility']:.3f} | {last['class_entropy']:.3f} |")  # fmt: skip
+def report(root: Path, plot: Path | None) -> None:
+    times = json.loads((root / "step_times.json").read_text())
+    rows = []
+    for run_dir in sorted(p for p in root.iterdir() if (p / "eval.json").is_file()):
+        arm = run_dir.name.split("-seed")[0]
+        result = json.loads((run_dir / "eval.json").read_text())
+        config = yaml.safe_load((run_dir / "config.yaml").read_text())
+        batch = config["training"]["train_batch_size"]
+        rows.append((run_dir.name, arm, result, times.get(arm), batch, load_log(run_dir)))
+    floor = rows[0][2]["floor"] if rows else {}
+    print(f"data floor at n={rows[0][2]['protocol']['num_images'] if rows else '?'}: classifier-FID "
+          f"{floor.get('classifier_fid', float('nan')):.2f}, legibility {floor.get('legibility', 0):.3f}, "
+          f"entropy {floor.get('class_entropy', 0):.3f}\n")  # fmt: skip
+    print("| arm | factor | minutes | steps | ms/step | images/s | classifier-FID | legibility | entropy |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    rows.sort(key=lambda row: row[2]["samples"]["classifier_fid"])
+    for name, arm, result, seconds, batch, log in rows:
+        s = result["samples"]
+        minutes = log[-1]["train_minutes"] if log else float("nan")
+        step_ms = f"{1e3 * seconds:.0f}" if seconds else "-"
+        rate = f"{batch / seconds:.0f}" if seconds else "-"
+        print(f"| {name} | {ARMS.get(arm, ('?',))[0]} | {minutes:.1f} | {log[-1]['step'] if log else '?'} | "
+              f"{step_ms} | {rate} | {s['classifier_fid']:.1f} | {s['legibility']:.3f} | "
+              f"{s['class_entropy']:.3f} |")  # fmt: skip
     if plot:
-        _plot(run_dirs, plot)
+        _plot(rows, floor, plot)
 
 
-def _plot(run_dirs: list[Path], path: Path) -> None:
+def _plot(rows: list, floor: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for run_dir in run_dirs:
-        records = load_log(run_dir)
-        minutes = [r["train_minutes"] for r in records]
-        for ax, key in zip(axes, ("classifier_fid", "legibility", "class_entropy"), strict=True):
-            ax.plot(minutes, [r[key] for r in records], marker="o", label=run_dir.name)
-    axes[0].set_yscale("log")
-    axes[1].axhline(TARGET_LEGIBILITY, color="gray", linestyle="--")
-    axes[2].axhline(TARGET_ENTROPY, color="gray", linestyle="--")
-    for ax, title in zip(
-        axes, ("classifier-FID (lower is better)", "legibility", "class entropy (nats)"), strict=True
-    ):
-        ax.set_title(title)
-        ax.set_xlabel("training minutes (2 CPU cores)")
-    axes[0].legend()
+    fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    for name, _, result, _, _, log in rows:
+        minutes = [r["train_minutes"] for r in log]
+        (line,) = axes[0].plot(minutes, [r["classifier_fid"] for r in log], marker="o", markersize=3, lw=1)
+        s = result["samples"]
+        axes[1].scatter(s["legibility"], s["classifier_fid"], color=line.get_color())
+        axes[1].annotate(name, (s["legibility"], s["classifier_fid"]), fontsize=7, xytext=(3, 2),
+                         textcoords="offset points")  # fmt: skip
+    for ax in axes:
+        ax.set_yscale("log")
+        ax.axhline(floor.get("classifier_fid", 1), color="gray", linestyle=":", label="data floor")
+    axes[0].set_xlabel("training minutes (2 CPU cores)")
+    axes[0].set_ylabel("classifier-FID (lower is better)")
+    axes[0].set_title("quality against training time, one line per arm")
+    axes[1].axvline(TARGET_LEGIBILITY, color="gray", linestyle="--")
+    axes[1].set_xlabel("legibility")
+    axes[1].set_title("end of the budget: FID against legibility")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    fig.savefig(path, dpi=100)
     print(f"wrote {path}")
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--root", type=Path, default=Path("outputs/ttq"))
     sub = parser.add_subparsers(dest="command", required=True)
-    p_run = sub.add_parser("run", help="train recipes one after the other")
-    p_run.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=["min-snr-b64"])
-    p_run.add_argument("--threads", type=int, default=os.cpu_count())
-    p_run.add_argument("--out-root", type=Path, default=Path("outputs/ttq"))
-    p_report = sub.add_parser("report", help="tables and a plot from finished runs")
-    p_report.add_argument("runs", nargs="+", type=Path)
+    p_measure = sub.add_parser("measure", help="step time of each arm, alone on the machine")
+    p_measure.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p_measure.add_argument("--threads", type=int, default=1)
+    p_measure.add_argument("--core", type=int, help="pin to this CPU core (taskset): a steadier clock")
+    p_run = sub.add_parser("run", help="train arms for the same training time")
+    p_run.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
+    p_run.add_argument("--threads", type=int, default=1)
+    p_run.add_argument("--budget-minutes", type=float, default=10.0)
+    p_run.add_argument("--eval-images", type=int, default=500)
+    p_run.add_argument("--seed", type=int, default=0)
+    p_report = sub.add_parser("report", help="the table and the frontier picture")
     p_report.add_argument("--plot", type=Path)
-    args, extra = parser.parse_known_args()
-    if args.command == "run":
-        run(args.recipes, args.threads, args.out_root, extra)
+    args = parser.parse_args(argv)
+    if args.command == "measure":
+        measure(args.arms, args.root, args.threads, args.core)
+    elif args.command == "run":
+        run(args.arms, args.root, args.threads, args.budget_minutes, args.eval_images, args.seed)
     else:
-        report(args.runs, args.plot)
+        report(args.root, args.plot)
 
 
 if __name__ == "__main__":

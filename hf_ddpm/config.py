@@ -41,9 +41,15 @@ class DatasetConfig:
 
 @dataclass
 class ModelConfig:
-    # A `UNet2DModel` preset from `hf_ddpm.models.PRESETS`: tiny | small | tutorial.
+    # A `UNet2DModel` preset from `hf_ddpm.models.PRESETS`: tiny | small | cpu | tutorial (latent-*: latents).
     preset: str = "small"
     dropout: float = 0.0
+    # Changes to the preset's shape (null keeps the preset's): channels per resolution level from the image
+    # size down (`UNet2DModel.block_out_channels`), ResNet layers per block, and which levels hold
+    # self-attention, e.g. [false, false, true] for attention at 7x7 only (the mid block always has it).
+    block_out_channels: list[int] | None = None
+    layers_per_block: int | None = None
+    attention_levels: list[bool] | None = None
     # Condition on the dataset's ClassLabel column (dataset.label_column): the UNet gets a class embedding
     # of num_classes + 1 entries, the last one the learned null class of classifier-free guidance
     # (Ho & Salimans 2021), and the export is pipelines/class_conditional_ddpm.py's pipeline.
@@ -52,6 +58,11 @@ class ModelConfig:
     # training/train_autoencoder.py). The data are encoded once, the UNet (a `latent-*` preset) learns the
     # scaled latents, and the export is pipelines/latent_ddpm.py's pipeline. None: diffusion on pixels.
     latent_autoencoder: str | None = None
+
+    def unet_kwargs(self) -> dict[str, Any]:
+        """The keyword arguments of `hf_ddpm.models.build_unet` besides the preset and the image geometry."""
+        shape = {k: getattr(self, k) for k in ("block_out_channels", "layers_per_block", "attention_levels")}
+        return {"dropout": self.dropout, **{k: v for k, v in shape.items() if v is not None}}
 
 
 @dataclass
@@ -113,7 +124,13 @@ class TrainingConfig:
     # Min-SNR loss weighting (Hang et al. 2023): each timestep's loss is weighted by
     # min(SNR_t, gamma) / SNR_t (epsilon target; see objectives.py). None: plain L_simple.
     snr_gamma: float | None = None
+    # Another per-timestep loss weighting (the name diffusers' training examples use), exclusive with
+    # snr_gamma: `p2`, perception-prioritized weighting (Choi et al. 2022), 1 / (1 + SNR_t) on the eps loss.
+    weighting_scheme: Literal["none", "p2"] = "none"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    # Keep the UNet's weights and activations in channels-last (NHWC) memory order, which some convolution
+    # kernels run faster in (benchmarks/throughput.py measures it); the results are the same up to rounding.
+    channels_last: bool = False
     # Exponential moving average of the weights, with the warmup of diffusers' `EMAModel`
     # (decay = 1 - (1 + step / inv_gamma) ** -power, capped at max_decay).
     use_ema: bool = True
@@ -355,7 +372,7 @@ def _check_values(config: Config) -> None:
 
     # A latent UNet's input size is the autoencoder's latent size, checked once the autoencoder is loaded.
     if config.model.latent_autoencoder is None:
-        unet_config(config.model.preset, config.dataset.image_size)
+        unet_config(config.model.preset, config.dataset.image_size, **config.model.unet_kwargs())
 
 
 def _check_objective(config: Config) -> None:
@@ -364,6 +381,16 @@ def _check_objective(config: Config) -> None:
     flow = d.flow_matching
     if d.logit_std <= 0:
         raise ValueError(f"diffusion.logit_std is {d.logit_std}: it must be positive (1.0 is usual)")
+    if t.snr_gamma is not None and t.weighting_scheme != "none":
+        raise ValueError(
+            f"training.snr_gamma (Min-SNR) and training.weighting_scheme {t.weighting_scheme!r} are two loss "
+            "weightings: set one of them (snr_gamma null, or weighting_scheme none)"
+        )
+    if flow and t.weighting_scheme != "none":
+        raise ValueError(
+            f"training.weighting_scheme {t.weighting_scheme!r} weights the DDPM objective's timesteps; flow "
+            "matching's loss is the plain velocity MSE: set it to none"
+        )
     if flow and t.snr_gamma is not None:
         raise ValueError(
             "training.snr_gamma (Min-SNR) weights the DDPM objective's timesteps; flow matching's loss is "

@@ -399,9 +399,11 @@ def _loss(cfg: Config) -> str:
         return f"MSE on the velocity ε - x_0 (flow matching), {times}"
     loss = {"epsilon": "MSE on the noise (L_simple)", "v_prediction": "MSE on v", "sample": "MSE on x_0"}
     gamma = cfg.training.snr_gamma
-    return loss[d.prediction_type] + (
-        "" if gamma is None else f", Min-SNR-{gamma:g} weighting (Hang et al. 2023)"
-    )
+    if gamma is not None:
+        return loss[d.prediction_type] + f", Min-SNR-{gamma:g} weighting (Hang et al. 2023)"
+    if cfg.training.weighting_scheme == "p2":
+        return loss[d.prediction_type] + ", P2 weighting (Choi et al. 2022)"
+    return loss[d.prediction_type]
 
 
 def _flow_rows(cfg: Config, s: dict) -> list[tuple[str, str]]:
@@ -431,7 +433,7 @@ def _scheduler_rows(s: dict) -> list[tuple[str, str]]:
 
 def _unet_rows(cfg: Config, u: dict, parameters: int) -> list[tuple[str, str]]:
     return [
-        ("Preset", f"`{cfg.model.preset}`, {parameters:,} parameters"),
+        ("Preset", f"`{cfg.model.preset}`{_changed_shape(cfg)}, {parameters:,} parameters"),
         ("Input / output", f"{u['in_channels']} / {u['out_channels']} channels, {u['sample_size']} px"),
         ("Channels per resolution", " / ".join(str(c) for c in u["block_out_channels"])),
         ("ResNet blocks per resolution", str(u["layers_per_block"])),
@@ -439,6 +441,12 @@ def _unet_rows(cfg: Config, u: dict, parameters: int) -> list[tuple[str, str]]:
         ("Up blocks", ", ".join(f"`{b}`" for b in u["up_block_types"])),
         ("Dropout", f"{u.get('dropout', cfg.model.dropout):g}"),
     ]
+
+
+def _changed_shape(cfg: Config) -> str:
+    """' with layers_per_block 2' when the config changed the preset's shape (the rows below show it)."""
+    changed = {k: v for k, v in cfg.model.unet_kwargs().items() if k != "dropout"}
+    return "".join(f" with {k} {v}" for k, v in changed.items()).replace("[", "").replace("]", "")
 
 
 def save_run_info(output_dir: str | Path, run: RunInfo) -> None:

@@ -19,6 +19,7 @@ def diffusion_loss(
     class_labels: torch.Tensor | None = None,
     noise: torch.Tensor | None = None,
     timesteps: torch.Tensor | None = None,
+    weighting_scheme: str = "none",
 ) -> torch.Tensor:
     """Mean squared error between the model's prediction and its target, at a random timestep per image.
 
@@ -36,6 +37,9 @@ def diffusion_loss(
         class_labels: int64 (batch,) class indices for a class-conditional UNet.
         noise, timesteps: eps (shape of `x0`) and t (int64, (batch,)) drawn beforehand (`draw_batch`);
             drawn from `generator` when None.
+        weighting_scheme: `none`, or `p2` (Choi et al. 2022, "Perception Prioritized Training of Diffusion
+            Models", k = 1, gamma = 1): the epsilon loss weighted by 1 / (1 + SNR_t), which moves the
+            effort from the nearly clean steps to the coarse and content steps. Not with `snr_gamma`.
     """
     if noise is None:
         noise = torch.randn(x0.shape, generator=generator, device=x0.device, dtype=x0.dtype)
@@ -53,10 +57,16 @@ def diffusion_loss(
         target = x0
     conditioning = {} if class_labels is None else {"class_labels": class_labels}
     prediction = model(noisy, timesteps, **conditioning).sample
-    if snr_gamma is None:
+    if snr_gamma is None and weighting_scheme == "none":
         return F.mse_loss(prediction.float(), target.float())
     per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    return (per_image * min_snr_weight(scheduler, timesteps, snr_gamma)).mean()
+    if snr_gamma is not None:
+        weight = min_snr_weight(scheduler, timesteps, snr_gamma)
+    elif weighting_scheme == "p2":
+        weight = p2_weight(scheduler, timesteps)
+    else:
+        raise ValueError(f"unknown weighting_scheme {weighting_scheme!r}: use none or p2")
+    return (per_image * weight).mean()
 
 
 def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:
@@ -75,6 +85,25 @@ def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Te
         weight = clipped / (snr + 1)
     else:
         weight = clipped
+    return weight.float()
+
+
+def p2_weight(scheduler, timesteps: torch.Tensor, k: float = 1.0, gamma: float = 1.0) -> torch.Tensor:
+    """Per-timestep weights (batch,) of P2 weighting for the scheduler's prediction type.
+
+    Choi et al. 2022 weight the epsilon loss by 1 / (k + SNR_t)^gamma; as in `min_snr_weight`, the x_0 error
+    is the epsilon error / SNR_t and the v error / (SNR_t + 1), which converts it to the other targets.
+    """
+    alpha_bar = scheduler.alphas_cumprod.to(timesteps.device)[timesteps].double()
+    snr = alpha_bar / (1 - alpha_bar)
+    epsilon_weight = (k + snr) ** -gamma
+    prediction_type = scheduler.config.prediction_type
+    if prediction_type == "epsilon":
+        weight = epsilon_weight
+    elif prediction_type == "v_prediction":
+        weight = epsilon_weight * snr / (snr + 1)
+    else:
+        weight = epsilon_weight * snr
     return weight.float()
 
 

@@ -124,6 +124,14 @@ def test_resolved_config_round_trips(tmp_path):
         ("dataset:\n  channels: 2\n", r"dataset.channels is 2: use 1 \(grayscale\), 3 \(RGB\) or null"),
         ("model:\n  preset: huge\n", r"model.preset 'huge' is unknown: choose one of \['tiny'"),
         ("dataset:\n  image_size: 30\n", "image size 30 cannot be halved 2 times .* for dataset.image_size"),
+        (
+            "training:\n  snr_gamma: 5\n  weighting_scheme: p2\n",
+            r"training.snr_gamma \(Min-SNR\) and training.weighting_scheme 'p2' are two loss weightings",
+        ),
+        (
+            "model:\n  attention_levels: [true]\n",
+            r"model.attention_levels has 1 entries for 3 resolution levels",
+        ),
     ],
 )
 def test_bad_yaml_files_name_the_problem_and_the_fix(tmp_path, text, match):

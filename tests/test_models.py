@@ -47,6 +47,51 @@ def test_tutorial_attends_everywhere():
     assert model.config.block_out_channels == (64, 128, 256)
 
 
+def test_shape_overrides_build_the_same_network_as_stock_unet2dmodel():
+    """block_out_channels, layers_per_block and attention_levels change the preset exactly as the same
+    arguments given to a stock UNet2DModel do: same modules, same parameter count, same output."""
+    changes = {
+        "block_out_channels": [16, 32, 64],
+        "layers_per_block": 2,
+        "attention_levels": [False, True, True],
+    }
+    torch.manual_seed(0)
+    ours = build_unet("small", 28, 1, **changes)
+    torch.manual_seed(0)
+    stock = UNet2DModel(
+        sample_size=28,
+        in_channels=1,
+        out_channels=1,
+        block_out_channels=(16, 32, 64),
+        layers_per_block=2,
+        down_block_types=("DownBlock2D", "AttnDownBlock2D", "AttnDownBlock2D"),
+        up_block_types=("AttnUpBlock2D", "AttnUpBlock2D", "UpBlock2D"),
+        norm_num_groups=8,
+        attention_head_dim=32,
+    )
+    x, t = torch.randn(2, 1, 28, 28), torch.tensor([3, 900])
+    assert n_params(ours) == n_params(stock)
+    assert torch.equal(ours(x, t).sample, stock(x, t).sample)
+
+
+def test_cpu_preset_doubles_width_as_resolution_halves():
+    model = build_unet("cpu")
+    assert model.config.block_out_channels == (24, 48, 96)
+    assert [_has_attention(b) for b in model.down_blocks] == [False, False, True]
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"attention_levels": [True, False]}, r"2 entries for 3 resolution levels"),
+        ({"block_out_channels": [12, 32, 64]}, r"multiples of the 'small' preset's norm_num_groups \(8\)"),
+    ],
+)
+def test_shape_overrides_that_cannot_build_fail_in_one_line(changes, message):
+    with pytest.raises(ValueError, match=message):
+        unet_config("small", **changes)
+
+
 def test_config_is_plain_unet2dmodel_config(tmp_path):
     model = build_unet("tiny")
     model.save_pretrained(tmp_path)
@@ -67,5 +112,7 @@ def test_indivisible_sample_size_fails_when_config_is_built(size, suggestion):
 
 
 def test_unknown_preset():
-    with pytest.raises(ValueError, match=r"model.preset 'huge'.*\['tiny', 'small', 'tutorial', 'latent-"):
+    with pytest.raises(
+        ValueError, match=r"model.preset 'huge'.*\['tiny', 'small', 'cpu', 'tutorial', 'latent-"
+    ):
         unet_config("huge")

@@ -137,7 +137,7 @@ def main(cfg: Config) -> None:
     components = {"id2label": id2label, "vae": vae}
     conditioning = {"num_class_embeds": len(id2label) + 1} if id2label else {}  # + the null class
     try:
-        unet = build_unet(cfg.model.preset, size, channels, dropout=cfg.model.dropout, **conditioning)
+        unet = build_unet(cfg.model.preset, size, channels, **cfg.model.unet_kwargs(), **conditioning)
     except ValueError as err:
         sys.exit(f"error: {err}")
     if accelerator.is_main_process:
@@ -145,6 +145,8 @@ def main(cfg: Config) -> None:
             check_free_space(output_dir, unet, t.use_ema)
         except ValueError as err:
             sys.exit(f"error: {err}")
+    if t.channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
     scheduler = training_scheduler(cfg.diffusion)
     ema = None
     if t.use_ema:
@@ -263,7 +265,14 @@ def main(cfg: Config) -> None:
                     loss = flow_matching_loss(unet, x0, draws.noise, times, T, class_labels)
                 else:
                     loss = diffusion_loss(
-                        unet, scheduler, x0, None, t.snr_gamma, class_labels, draws.noise, draws.timesteps
+                        unet,
+                        scheduler,
+                        x0,
+                        snr_gamma=t.snr_gamma,
+                        class_labels=class_labels,
+                        noise=draws.noise,
+                        timesteps=draws.timesteps,
+                        weighting_scheme=t.weighting_scheme,
                     )
                 # A NaN or inf loss on any process skips the update on every process (the replicas stay
                 # equal); its gradients would turn every weight into NaN.
