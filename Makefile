@@ -1,10 +1,10 @@
 # Quickstart: `make train` (train the MNIST DDPM, write samples) and `make test`.
-# Each installs what it needs into .venv first (CPU torch; see README for GPUs).
+# Each installs what it needs into .venv first (CPU torch; see docs/training.md for GPUs).
+# Data: $HF_DDPM_DATA_DIR when set (a folder holding mnist/ in the Hub's parquet layout), else the Hub
+# dataset ylecun/mnist, else (offline) the MNIST sample bundled with the package.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
-# Local copies of the data sets (offline machines); unset it to download from the Hub instead.
-export HF_DDPM_DATA_DIR ?= $(abspath ../shared/data)
 CONFIG ?= training/configs/mnist.yaml
 ARGS ?=
 

@@ -17,7 +17,6 @@ import argparse
 import json
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -27,6 +26,7 @@ from latent_vs_pixel import median_step_seconds
 from safetensors.torch import load_file
 
 from hf_ddpm.evaluate import data_floor, load_reference, score, to_nchw
+from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss, draw_batch, flow_matching_loss, flow_times
 from hf_ddpm.pipeline import generate, load_pipeline
@@ -49,17 +49,9 @@ MODELS = {
 def train(names: list[str], out_root: Path, threads: int, extra: list[str]) -> None:
     for name in names:
         config, overrides = MODELS[name]
-        command = [
-            *(sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1"),
-            *("--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"),
-            *("--num_cpu_threads_per_process", str(threads)),
-            str(REPO / "training" / "train.py"),
-            *("--config", str(CONFIGS / config)),
-            *("--training.output_dir", str(out_root / name)),
-            *NO_EVAL,
-            *overrides,
-            *extra,
-        ]
+        train = [REPO / "training" / "train.py", "--config", CONFIGS / config]
+        outputs = ["--training.output_dir", out_root / name]
+        command = accelerate_launch(*train, *outputs, *NO_EVAL, *overrides, *extra, threads=threads)
         print(" ".join(command), flush=True)
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
@@ -82,10 +74,11 @@ def step_seconds(repeats: int, batch: int = 64) -> dict[str, float]:
     """One training step of each objective with the same `small` UNet and batch (bf16 autocast, AdamW)."""
     x0 = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
     draws = draw_batch(0, 0, tuple(x0.shape), 1000)
+    drawn = {"noise": draws.noise, "timesteps": draws.timesteps}
     eps, v = LinearNoiseScheduler(), LinearNoiseScheduler(prediction_type="v_prediction")
     losses = {
-        "ddpm-eps": lambda unet: diffusion_loss(unet, eps, x0, None, 5.0, None, draws.noise, draws.timesteps),
-        "ddpm-v": lambda unet: diffusion_loss(unet, v, x0, None, 5.0, None, draws.noise, draws.timesteps),
+        "ddpm-eps": lambda unet: diffusion_loss(unet, eps, x0, snr_gamma=5.0, **drawn),
+        "ddpm-v": lambda unet: diffusion_loss(unet, v, x0, snr_gamma=5.0, **drawn),
         "flow": lambda unet: flow_matching_loss(
             unet, x0, draws.noise, flow_times(draws.uniform, "uniform"), 1000
         ),

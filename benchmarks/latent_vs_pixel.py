@@ -57,7 +57,7 @@ def step_seconds(unet, shape: tuple[int, ...], batch: int, repeats: int) -> floa
     generator = torch.Generator().manual_seed(0)
     x0 = torch.randn(batch, *shape, generator=generator).clamp(-1, 1)
     return median_step_seconds(
-        unet, lambda: diffusion_loss(unet, scheduler, x0, generator, snr_gamma=5.0), repeats
+        unet, lambda: diffusion_loss(unet, scheduler, x0, generator=generator, snr_gamma=5.0), repeats
     )
 
 

@@ -36,7 +36,6 @@ import json
 import os
 import platform
 import re
-import shutil
 import subprocess
 import sys
 import tempfile
@@ -50,16 +49,18 @@ import accelerate
 import diffusers
 import torch
 from accelerate import Accelerator
-from accelerate.utils import DataLoaderConfiguration, set_seed
-from torch.utils.data import DataLoader, TensorDataset
+from accelerate.utils import set_seed
+from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from hf_ddpm.config import Config, load_config
 from hf_ddpm.data import DATA_DIR_ENV, load_image_dataset, to_model_range
+from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.model_card import cpu_model
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss
 from hf_ddpm.scheduler import LinearNoiseScheduler
+from hf_ddpm.training.loop import build_accelerator, build_dataloader, build_optimizer
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "mnist.yaml"
@@ -191,7 +192,7 @@ class PlainLoop:
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
-            return diffusion_loss(self.model, self.scheduler, x0, self.rng, **self.loss_options)
+            return diffusion_loss(self.model, self.scheduler, x0, generator=self.rng, **self.loss_options)
 
     def step(self, x0: torch.Tensor) -> None:
         self.loss(x0).backward()
@@ -205,13 +206,7 @@ def build_plain_loop(cfg: Config, channels: int, bf16: bool = False) -> PlainLoo
     set_seed(t.seed)
     model = build_unet(cfg.model.preset, cfg.dataset.image_size, channels, **cfg.model.unet_kwargs())
     model.train()
-    optimizer = torch.optim.AdamW(
-        model.parameters(),
-        lr=t.learning_rate,
-        betas=(t.adam_beta1, t.adam_beta2),
-        weight_decay=t.adam_weight_decay,
-        eps=t.adam_epsilon,
-    )
+    optimizer = build_optimizer(model.parameters(), t)
     scheduler = LinearNoiseScheduler(**cfg.diffusion.scheduler_kwargs())
     # train.py passes its Min-SNR weighting on to the loss when the config sets one.
     snr_gamma = getattr(t, "snr_gamma", None)
@@ -270,12 +265,10 @@ def count_step_flops(cfg: Config, batch: torch.Tensor) -> int:
 # ---------------------------------------------------------------------------------------------
 
 
-def make_accelerator(cfg: Config) -> Accelerator:
-    """An Accelerator set up as train.py's (bf16, so that its autocast can be checked too)."""
-    seed = cfg.training.seed
-    return Accelerator(
-        mixed_precision="bf16",
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=seed),
+def make_accelerator(cfg: Config, output_dir: Path) -> Accelerator:
+    """train.py's Accelerator, in bf16 (so that its autocast can be checked too) and without trackers."""
+    return build_accelerator(
+        dataclasses.replace(cfg.training, mixed_precision="bf16", report_to="none"), output_dir
     )
 
 
@@ -283,15 +276,7 @@ def time_data_loading(
     accelerator: Accelerator, dataset: TensorDataset, cfg: Config, num_batches: int
 ) -> float:
     """Seconds per batch to fetch a batch from train.py's DataLoader and scale it to [-1, 1]."""
-    t = cfg.training
-    loader = DataLoader(
-        dataset,
-        batch_size=t.train_batch_size,
-        shuffle=True,
-        drop_last=True,
-        num_workers=t.dataloader_num_workers,
-    )
-    loader = accelerator.prepare(loader)
+    loader = accelerator.prepare(build_dataloader(dataset, cfg.training))
     count = 0
     start = time.perf_counter()
     while count < num_batches:  # several epochs when the data set is small
@@ -324,25 +309,10 @@ def probe_accelerate_bf16(accelerator: Accelerator, cfg: Config, batch: torch.Te
 # ---------------------------------------------------------------------------------------------
 
 
-def accelerate_command() -> list[str]:
-    script = Path(sys.executable).with_name("accelerate")
-    if script.exists():
-        return [str(script)]
-    found = shutil.which("accelerate")
-    if found is None:
-        sys.exit("error: the `accelerate` command is not installed next to this Python or on PATH")
-    return [found]
-
-
 def train_command(variant: Variant, cfg: Config, steps: int, output_dir: Path) -> list[str]:
     never = str(steps + 1)  # no checkpoint and no grid inside the timed steps
-    return [
-        *accelerate_command(),
-        "launch",
-        *("--num_processes", "1", "--num_machines", "1", "--mixed_precision", "no"),
-        *("--dynamo_backend", "inductor" if variant.compile else "no"),
-        *("--num_cpu_threads_per_process", str(os.cpu_count())),
-        str(TRAIN_SCRIPT),
+    return accelerate_launch(
+        TRAIN_SCRIPT,
         *("--config", str(CONFIG)),
         *("--model.preset", cfg.model.preset),
         *("--training.train_batch_size", str(cfg.training.train_batch_size)),
@@ -355,7 +325,9 @@ def train_command(variant: Variant, cfg: Config, steps: int, output_dir: Path) -
         # The final grid is in both launches and cancels; one image and one step keep it out of the noise.
         *("--training.num_sample_images", "1", "--training.num_inference_steps", "1"),
         *_no_evaluation(cfg),
-    ]
+        dynamo_backend="inductor" if variant.compile else "no",
+        threads=os.cpu_count(),
+    )
 
 
 def _no_evaluation(cfg: Config) -> list[str]:
@@ -548,7 +520,7 @@ def main(argv: list[str] | None = None) -> None:
             results["plain"][variant.name] = time_plain(variant, cfg, batches, args.steps, Path(cache_root))
 
     log("data loading and accelerate's bf16")
-    accelerator = make_accelerator(cfg)
+    accelerator = make_accelerator(cfg, Path(tempfile.mkdtemp(prefix="hf-ddpm-throughput-")))
     results["data_s_per_batch"] = time_data_loading(accelerator, dataset, cfg, args.data_batches)
     results["accelerate_bf16"] = probe_accelerate_bf16(accelerator, cfg, batches[0])
 

@@ -22,15 +22,18 @@ Minutes are training minutes (optimizer steps only), so sampling and scoring do 
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import math
 import os
+import shutil
 import statistics
 import subprocess
-import sys
 from pathlib import Path
 
 import yaml
+
+from hf_ddpm.launch import accelerate_launch
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "mnist.yaml"
@@ -65,18 +68,12 @@ COMMON = [
     *("--training.sampler", "dpm-solver", "--training.num_inference_steps", "20"),
     *("--training.save_images_steps", "1000000000", "--training.checkpoints_total_limit", "1"),
 ]
-MEASURE_CHUNK, MEASURE_CHUNKS = 10, 10  # step times: checkpoints every 10 steps, 10 chunks after the first
+MEASURE_CHUNK, MEASURE_CHUNKS = 10, 6  # step times: checkpoints every 10 steps, 6 chunks after the first
 
 
 def launch(arm: str, out: Path, threads: int, extra: list[str]) -> list[str]:
-    command = [
-        *(sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1", "--num_machines", "1"),
-        *("--mixed_precision", "no", "--dynamo_backend", "no", "--num_cpu_threads_per_process", str(threads)),
-        *(str(REPO / "training" / "train.py"), "--config", str(CONFIG), "--training.output_dir", str(out)),
-        *COMMON,
-        *ARMS[arm][1],
-        *extra,
-    ]
+    train = [REPO / "training" / "train.py", "--config", CONFIG, "--training.output_dir", out]
+    command = accelerate_launch(*train, *COMMON, *ARMS[arm][1], *extra, threads=threads)
     print(" ".join(command), flush=True)
     return command
 
@@ -94,26 +91,46 @@ def _clock(checkpoint: Path) -> float:
 
 
 def measure(arms: list[str], root: Path, threads: int, core: int | None) -> None:
-    """Seconds per optimizer step of each arm (alone on the machine), into ROOT/step_times.json: the median
-    over chunks of `MEASURE_CHUNK` steps between checkpoints' training clocks, so a short burst of other work
-    on the machine moves one chunk, not the result."""
-    path = root / "step_times.json"
-    times = json.loads(path.read_text()) if path.is_file() else {}
-    for arm in arms:
-        out = root / "measure" / arm
-        extra = ["--training.max_train_steps", str(MEASURE_CHUNK * (MEASURE_CHUNKS + 1)),
-                 "--training.checkpointing_steps", str(MEASURE_CHUNK), "--training.checkpoints_total_limit",
-                 "null", "--training.eval_every", "0", "--training.num_sample_images", "1",
-                 "--training.report_to", "none"]  # fmt: skip
+    """Seconds per optimizer step of each arm, into ROOT/step_times.json.
+
+    Each arm is launched alone (pinned to `core` when given) between two launches of `base`, and its time is
+    its ratio to the mean of those two times the median of all `base` launches: a shared machine's speed
+    drifts by more than some arms differ, and a ratio of neighbours cancels the drift. A launch's step time
+    is the median over chunks of `MEASURE_CHUNK` steps between checkpoints' training clocks (the first
+    chunk warms up and is left out), so a short burst of other work moves one chunk, not the result.
+    """
+    root.mkdir(parents=True, exist_ok=True)
+    base_runs, ratios, launches = [], {}, 0
+
+    def one(arm: str) -> float:
+        nonlocal launches
+        launches += 1
+        out = root / "measure" / f"{launches:02d}-{arm}"
+        steps = MEASURE_CHUNK * (MEASURE_CHUNKS + 1)
+        extra = ["--training.max_train_steps", str(steps), "--training.checkpointing_steps",
+                 str(MEASURE_CHUNK), "--training.checkpoints_total_limit", "null",
+                 "--training.eval_every", "0",
+                 "--training.num_sample_images", "1", "--training.report_to", "none"]  # fmt: skip
         pin = ["taskset", "--cpu-list", str(core)] if core is not None else []
         subprocess.run([*pin, *launch(arm, out, threads, extra)], check=True, env=_env())
         clocks = [_clock(out / f"checkpoint-{MEASURE_CHUNK * i}") for i in range(1, MEASURE_CHUNKS + 2)]
-        # The first chunk warms up and is left out.
-        chunks = [(b - a) / MEASURE_CHUNK for a, b in zip(clocks, clocks[1:], strict=False)]
-        times[arm] = statistics.median(chunks)
-        print(f"{arm}: {1e3 * times[arm]:.0f} ms/step, chunks {[round(1e3 * c) for c in chunks]}", flush=True)
-        root.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(times, indent=2) + "\n")
+        chunks = [(b - a) / MEASURE_CHUNK for a, b in itertools.pairwise(clocks)]
+        shutil.rmtree(out)
+        print(
+            f"{arm}: {1e3 * statistics.median(chunks):.0f} ms/step, chunks {[round(1e3 * c) for c in chunks]}"
+        )
+        return statistics.median(chunks)
+
+    base_runs.append(one("base"))
+    for arm in (a for a in arms if a != "base"):
+        seconds = one(arm)
+        base_runs.append(one("base"))
+        ratios[arm] = seconds / statistics.mean(base_runs[-2:])
+        print(f"{arm}: {ratios[arm]:.3f} x base", flush=True)
+    base = statistics.median(base_runs)
+    times = {"base": base, **{arm: ratio * base for arm, ratio in ratios.items()}}
+    report = {"seconds_per_step": times, "ratio_to_base": ratios, "base_launches": base_runs}
+    (root / "step_times.json").write_text(json.dumps(report, indent=2) + "\n")
 
 
 def arm_steps(seconds_per_step: float, budget_minutes: float) -> int:
@@ -121,7 +138,7 @@ def arm_steps(seconds_per_step: float, budget_minutes: float) -> int:
 
 
 def run(arms: list[str], root: Path, threads: int, budget: float, eval_images: int, seed: int) -> None:
-    times = json.loads((root / "step_times.json").read_text())
+    times = json.loads((root / "step_times.json").read_text())["seconds_per_step"]
     for arm in arms:
         out = root / (arm if seed == 0 else f"{arm}-seed{seed}")
         if (out / "eval.json").is_file():
@@ -146,7 +163,7 @@ def load_log(run_dir: Path) -> list[dict]:
 
 
 def report(root: Path, plot: Path | None) -> None:
-    times = json.loads((root / "step_times.json").read_text())
+    times = json.loads((root / "step_times.json").read_text())["seconds_per_step"]
     rows = []
     for run_dir in sorted(p for p in root.iterdir() if (p / "eval.json").is_file()):
         arm = run_dir.name.split("-seed")[0]

@@ -1,6 +1,6 @@
 """The feature classifiers behind the sample metrics: small CNNs trained by the project, one per data set.
 
-    python -m hf_ddpm.classifier --dataset mnist --out checkpoints/classifier-mnist --seed 0
+    python -m hf_ddpm.classifier --dataset mnist --out hf_ddpm/classifiers/mnist --seed 0
 
 A classifier is a folder with `config.json` (architecture, class names, how it was trained, its test
 accuracy) and `model.safetensors`. Its penultimate layer gives the features of classifier-FID and its
@@ -22,8 +22,10 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 
-# The reference classifiers committed with the project, next to the reference pipelines.
-DEFAULT_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
+# The MNIST classifier ships in the package. The textures classifier does not (the texture photographs have
+# no open licence): it lives in a source checkout's checkpoints/, or wherever a path or Hub id says.
+PACKAGED = Path(__file__).parent / "classifiers"
+CHECKOUT = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
 @dataclass
@@ -84,16 +86,40 @@ def save_classifier(model: Classifier, out_dir: str | Path) -> Path:
     return out
 
 
-def load_classifier(name_or_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
-    """Loads a classifier folder; a bare data set name (`mnist`, `textures`) means the committed one."""
-    path = Path(name_or_dir)
-    if not path.is_dir() and (DEFAULT_DIR / f"classifier-{name_or_dir}").is_dir():
-        path = DEFAULT_DIR / f"classifier-{name_or_dir}"
-    if not (path / "config.json").is_file() or not (path / "model.safetensors").is_file():
+def find_classifier(name: str | Path) -> Path:
+    """The folder of a classifier: `name` itself when it is one; for a data set's name (`mnist`) the packaged
+    classifier, else a source checkout's `checkpoints/classifier-NAME`; for a Hub repo id, its download.
+    `FileNotFoundError` in one line when there is none."""
+    candidates = [Path(name), PACKAGED / str(name), CHECKOUT / f"classifier-{name}"]
+    found = next((p for p in candidates if (p / "config.json").is_file()), None)
+    if found is None and str(name).count("/") == 1 and not Path(name).exists():
+        found = _download(str(name))
+    if found is None or not (found / "model.safetensors").is_file():
         raise FileNotFoundError(
-            f"no classifier in {name_or_dir}: pass a folder with config.json and model.safetensors, or "
-            f"train one with `python -m hf_ddpm.classifier --dataset NAME --out DIR`"
+            f"no classifier {str(name)!r}: pass a folder with config.json and model.safetensors, a Hub "
+            f"repo id, or a data set with a packaged classifier ({', '.join(sorted(_packaged()))}); train "
+            "one with `python -m hf_ddpm.classifier --dataset NAME --out DIR`"
         )
+    return found
+
+
+def _packaged() -> list[str]:
+    return [p.name for p in PACKAGED.iterdir() if (p / "config.json").is_file()]
+
+
+def _download(repo_id: str) -> Path | None:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HfHubHTTPError, LocalEntryNotFoundError, RepositoryNotFoundError
+
+    try:
+        return Path(snapshot_download(repo_id, allow_patterns=["config.json", "model.safetensors"]))
+    except (RepositoryNotFoundError, LocalEntryNotFoundError, HfHubHTTPError, ValueError):
+        return None
+
+
+def load_classifier(name_or_dir: str | Path, device: str | torch.device = "cpu") -> Classifier:
+    """Loads a classifier (`find_classifier`: a folder, a data set's name such as `mnist`, or a Hub id)."""
+    path = find_classifier(name_or_dir)
     config = ClassifierConfig(**json.loads((path / "config.json").read_text()))
     model = Classifier(config)
     model.load_state_dict(load_file(path / "model.safetensors"))

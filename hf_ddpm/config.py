@@ -104,10 +104,12 @@ OBJECTIVE_KEYS = ("objective", "time_sampling", "logit_mean", "logit_std")
 
 
 @dataclass
-class TrainingConfig:
-    output_dir: str = "outputs/ddpm-mnist"
+class LoopConfig:
+    """The keys of the training loop both trainers share (`hf_ddpm.training.loop`)."""
+
+    output_dir: str = "outputs/run"
     seed: int = 0
-    train_batch_size: int = 128
+    train_batch_size: int = 64
     max_train_steps: int = 2000
     gradient_accumulation_steps: int = 1
     learning_rate: float = 1e-3
@@ -121,20 +123,12 @@ class TrainingConfig:
     # A step whose loss is NaN or inf (on any process) updates nothing and is counted (`nonfinite_steps` in
     # the logs); this many in a row stop the run with a message, leaving the last checkpoint as it was.
     max_nonfinite_steps: int = 5
-    # Min-SNR loss weighting (Hang et al. 2023): each timestep's loss is weighted by
-    # min(SNR_t, gamma) / SNR_t (epsilon target; see objectives.py). None: plain L_simple.
-    snr_gamma: float | None = None
-    # Another per-timestep loss weighting (the name diffusers' training examples use), exclusive with
-    # snr_gamma: `p2`, perception-prioritized weighting (Choi et al. 2022), 1 / (1 + SNR_t) on the eps loss.
-    weighting_scheme: Literal["none", "p2"] = "none"
     mixed_precision: Literal["no", "bf16", "fp16"] = "no"
-    # Keep the UNet's weights and activations in channels-last (NHWC) memory order, which some convolution
-    # kernels run faster in (benchmarks/throughput.py measures it); the results are the same up to rounding.
-    channels_last: bool = False
-    # Exponential moving average of the weights, with the warmup of diffusers' `EMAModel`
-    # (decay = 1 - (1 + step / inv_gamma) ** -power, capped at max_decay).
+    # Exponential moving average of the weights (diffusers' `EMAModel`). With `ema_warmup` the decay grows
+    # as 1 - (1 + step / inv_gamma) ** -power up to max_decay; without it, it is max_decay from the start.
     use_ema: bool = True
     ema_max_decay: float = 0.9999
+    ema_warmup: bool = True
     ema_inv_gamma: float = 1.0
     ema_power: float = 0.75
     dataloader_num_workers: int = 0
@@ -142,27 +136,46 @@ class TrainingConfig:
     checkpoints_total_limit: int | None = 2
     # "latest" or a checkpoint folder.
     resume_from_checkpoint: str | None = None
+    report_to: Literal["tensorboard", "none"] = "tensorboard"
+    # Evaluation on this many test images, with this classifier folder (None: the data set's own,
+    # `hf_ddpm.classifier.load_classifier`).
+    eval_num_images: int = 500
+    eval_classifier: str | None = None
+
+
+@dataclass
+class TrainingConfig(LoopConfig):
+    """training/train.py's `training` section: the loop's keys and the diffusion run's own."""
+
+    output_dir: str = "outputs/ddpm-mnist"
+    train_batch_size: int = 128
+    # Min-SNR loss weighting (Hang et al. 2023): each timestep's loss is weighted by
+    # min(SNR_t, gamma) / SNR_t (epsilon target; see objectives.py). None: plain L_simple.
+    snr_gamma: float | None = None
+    # Another per-timestep loss weighting (the name diffusers' training examples use), exclusive with
+    # snr_gamma: `p2`, perception-prioritized weighting (Choi et al. 2022), 1 / (1 + SNR_t) on the eps loss.
+    weighting_scheme: Literal["none", "p2"] = "none"
+    # Keep the UNet's weights and activations in channels-last (NHWC) memory order, which some convolution
+    # kernels run faster in (benchmarks/throughput.py measures it); the results are the same up to rounding.
+    channels_last: bool = False
     # Sample grids from the EMA weights during training (samples/step_000500.png) and at the end.
     save_images_steps: int = 500
     num_sample_images: int = 64
-    # ddpm, ddim or dpm-solver for the ddpm objective; flow-euler or dpm-solver for flow_matching.
-    sampler: Literal["ddpm", "ddim", "dpm-solver", "flow-euler"] = "ddpm"
+    # A name of `hf_ddpm.samplers.SAMPLERS`: ddpm, ddim or dpm-solver for the ddpm objective; flow-euler or
+    # dpm-solver for flow_matching.
+    sampler: str = "ddpm"
     num_inference_steps: int = 1000
     # Class-conditional models: the probability that a training label is replaced by the null class, so
     # the one network also learns the unconditional model; and the guidance scale w of sample grids and
     # evaluations (0: unconditional, 1: conditional, > 1: guided).
     cond_drop_prob: float = 0.1
     guidance_scale: float = 2.0
-    report_to: Literal["tensorboard", "none"] = "tensorboard"
     # Every `eval_every` steps (0: never), sample `eval_num_images` from the EMA weights with a fast sampler
     # and score them with the data set's classifier (hf_ddpm.metrics): logged as eval/*, appended to
     # eval_log.jsonl, and the best classifier-FID so far is exported to OUTPUT_DIR/best/.
     eval_every: int = 0
-    eval_num_images: int = 500
-    eval_sampler: Literal["ddpm", "ddim", "dpm-solver", "flow-euler"] = "dpm-solver"
+    eval_sampler: str = "dpm-solver"
     eval_num_inference_steps: int = 20
-    # A classifier folder; None: checkpoints/classifier-<last part of the dataset name>.
-    eval_classifier: str | None = None
     # The Hub, as in diffusers' training examples: at the end, the main process uploads the pipeline, the
     # model card (README.md), samples.png and config.yaml (see hf_ddpm/hub.py).
     push_to_hub: bool = False
@@ -171,7 +184,8 @@ class TrainingConfig:
     hub_private_repo: bool = False
     # A write token; None uses $HF_TOKEN or the saved `hf auth login`. Never written anywhere (see to_dict).
     hub_token: str | None = None
-    # Licence of the weights in the model card. Data with unclear rights (textures) always get "other".
+    # Licence of the weights in the model card: a licence id the Hub accepts (`hf_ddpm.hub.HUB_LICENSES`).
+    # Data with unclear rights (textures) always get "other".
     hub_license: str = "apache-2.0"
 
 
@@ -190,33 +204,29 @@ class AutoencoderConfig:
 
 
 @dataclass
-class AutoencoderTrainingConfig:
+class AutoencoderTrainingConfig(LoopConfig):
+    """training/train_autoencoder.py's `training` section: the loop's keys, other defaults."""
+
     output_dir: str = "outputs/autoencoder-mnist"
-    seed: int = 0
-    train_batch_size: int = 64
-    max_train_steps: int = 2000
-    learning_rate: float = 1e-3
-    lr_scheduler: Literal["cosine", "linear", "constant", "constant_with_warmup"] = "cosine"
-    lr_warmup_steps: int = 100
-    max_grad_norm: float = 1.0
-    mixed_precision: Literal["no", "bf16", "fp16"] = "no"
+    adam_weight_decay: float = 0.01
     use_ema: bool = False
     ema_max_decay: float = 0.999
-    checkpointing_steps: int = 500
-    checkpoints_total_limit: int | None = 2
-    resume_from_checkpoint: str | None = None
-    report_to: Literal["tensorboard", "none"] = "tensorboard"
+    ema_warmup: bool = False
     # Reconstruction metrics on this many test images; the classifier of hf_ddpm.metrics reads them.
     eval_num_images: int = 10_000
-    eval_classifier: str | None = None
 
 
 class _Sections:
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
 
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
     def save(self, path: str | Path) -> None:
-        Path(path).write_text(yaml.safe_dump(self.to_dict(), sort_keys=False))
+        from .files import write_atomically
+
+        write_atomically(path, self.to_yaml())
 
     def check(self) -> None:
         """Checks between keys, after each key's own type check."""
@@ -249,6 +259,12 @@ class AutoencoderRunConfig(_Sections):
     training: AutoencoderTrainingConfig = field(default_factory=AutoencoderTrainingConfig)
 
     def check(self) -> None:
+        _check_minimums(self)
+        if self.dataset.streaming:
+            raise ValueError(
+                "the autoencoder's scaling_factor is measured on the whole split, in memory: set "
+                "dataset.streaming false"
+            )
         a = self.autoencoder
         if not a.block_out_channels or any(c % a.norm_num_groups for c in a.block_out_channels):
             raise ValueError(
@@ -355,19 +371,45 @@ _MINIMUM = {
 }
 
 
-def _check_values(config: Config) -> None:
-    """Ranges, and the combinations the model needs (a preset that exists, an image size it can halve)."""
+def _check_minimums(config: _Sections) -> None:
     for key, low in _MINIMUM.items():
         section, name = key.split(".")
-        value = getattr(getattr(config, section), name)
+        value = getattr(getattr(config, section, None), name, None)
         if value is not None and value < low:
             raise ValueError(f"{key} is {value}: it must be at least {low}")
+
+
+def _check_values(config: Config) -> None:
+    """Ranges, and the combinations the model needs (a preset that exists, an image size it can halve)."""
+    _check_minimums(config)
     if config.dataset.channels not in (None, 1, 3):
         raise ValueError(
             f"dataset.channels is {config.dataset.channels}: use 1 (grayscale), 3 (RGB) or null (keep the "
             "data's own)"
         )
     _check_objective(config)
+    t = config.training
+    if config.model.class_conditional and not 0 <= t.cond_drop_prob < 1:
+        raise ValueError(
+            f"training.cond_drop_prob is {t.cond_drop_prob}: use a probability in [0, 1) (0.1 is usual; 0 "
+            "never trains the unconditional model that guidance needs)"
+        )
+    if t.guidance_scale < 0:
+        raise ValueError(
+            f"training.guidance_scale is {t.guidance_scale}: use w >= 0 (0 unconditional, 1 conditional)"
+        )
+    if config.model.latent_autoencoder and config.dataset.streaming:
+        raise ValueError(
+            "latent diffusion encodes the training split once, in memory: set dataset.streaming false"
+        )
+    from .hub import HUB_LICENSES
+
+    if t.hub_license not in HUB_LICENSES:
+        raise ValueError(
+            f"training.hub_license {t.hub_license!r} is not a licence id the Hub accepts (it would refuse "
+            "the model card at push time): use one such as apache-2.0, mit, cc-by-4.0 or other (the list "
+            "is hf_ddpm.hub.HUB_LICENSES)"
+        )
     from .models import unet_config  # no torch import: only the preset table
 
     # A latent UNet's input size is the autoencoder's latent size, checked once the autoencoder is loaded.
@@ -402,18 +444,10 @@ def _check_objective(config: Config) -> None:
             f"diffusion.prediction_type {d.prediction_type!r} is a DDPM target; flow matching always "
             "predicts the velocity: leave prediction_type at its default"
         )
+    from .samplers import check_sampler
+
     for key in ("sampler", "eval_sampler"):
-        sampler = getattr(t, key)
-        if flow and sampler in ("ddpm", "ddim"):
-            raise ValueError(
-                f"training.{key} {sampler!r} samples DDPM models; a flow_matching model needs flow-euler or "
-                "dpm-solver"
-            )
-        if not flow and sampler == "flow-euler":
-            raise ValueError(
-                f"training.{key} flow-euler samples flow-matching models: set diffusion.objective "
-                "flow_matching, or use ddpm, ddim or dpm-solver"
-            )
+        check_sampler(getattr(t, key), d.objective, key=f"training.{key}")
 
 
 def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:

@@ -6,7 +6,8 @@ Sources, in the order `resolve_source` tries them:
   `data/train-*.parquet`, `train/*.parquet`) are read with the `parquet` builder; a folder without
   parquet files is read as an `imagefolder` (class label = sub-folder name).
 * `$HF_DDPM_DATA_DIR/<last part of dataset.name>` when that folder exists (offline first).
-* the Hub id `dataset.name`.
+* the Hub id `dataset.name`; when the Hub cannot be reached and the name's data set has a sample bundled
+  with hf-ddpm (`sample_data/mnist`: 5,000 training and 1,000 test digits), that sample, with a warning.
 
 Two ways to feed training:
 
@@ -62,6 +63,8 @@ from hf_ddpm.config import DatasetConfig
 logger = logging.getLogger(__name__)
 
 DATA_DIR_ENV = "HF_DDPM_DATA_DIR"
+# Small samples of data sets, shipped in the package (see sample_data/README.md), by short name.
+SAMPLE_DATA = Path(__file__).parent / "sample_data"
 
 _MODE_FOR_CHANNELS = {1: "L", 3: "RGB"}
 # Pillow modes whose pixels are one intensity (possibly with alpha): they become "L".
@@ -119,6 +122,29 @@ def resolve_source(cfg: DatasetConfig) -> str:
                 return str(local.resolve())
         return cfg.name
     raise ValueError("no dataset given: set dataset.path (a local folder) or dataset.name (a Hub dataset id)")
+
+
+def bundled_sample(source: str) -> Path | None:
+    """The sample of a Hub data set bundled with hf-ddpm (`ylecun/mnist` -> sample_data/mnist), if any."""
+    if Path(source).expanduser().exists() or _looks_like_path(source):
+        return None
+    folder = SAMPLE_DATA / source.rstrip("/").split("/")[-1]
+    return folder if folder.is_dir() else None
+
+
+def load_split_offline_first(
+    source: str, split: str, streaming: bool = False
+) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
+    """`load_split`, and the source the rows came from: a Hub data set that cannot be reached is replaced
+    by its bundled sample (`bundled_sample`) with a warning, so that an offline machine still trains."""
+    try:
+        return load_split(source, split, streaming), source
+    except RuntimeError as err:  # the Hub could not be reached (`_load`)
+        sample = bundled_sample(source)
+        if sample is None:
+            raise
+        logger.warning("%s. Using the %s sample bundled with hf-ddpm instead (%s).", err, sample.name, sample)
+        return load_split(str(sample), split, streaming), str(sample)
 
 
 def load_split(
@@ -578,7 +604,7 @@ def load_image_dataset(
     """
     source = resolve_source(cfg)
     logger.info("dataset %s, split %s%s", source, cfg.split, " (streaming)" if cfg.streaming else "")
-    ds = load_split(source, cfg.split, streaming=cfg.streaming)
+    ds, source = load_split_offline_first(source, cfg.split, streaming=cfg.streaming)
     names = class_names(ds.features, cfg.label_column)
     if cfg.streaming:
         stream = StreamingImageDataset(ds, cfg, seed=seed, rank=rank, world_size=world_size)
@@ -624,7 +650,7 @@ def load_labeled_split(
     local = Path(dataset).expanduser()
     cfg = DatasetConfig(name=None, path=str(local)) if local.is_dir() else DatasetConfig(name=dataset)
     cfg.split, cfg.max_samples = split, max_samples
-    ds = load_split(resolve_source(cfg), split)
+    ds, _ = load_split_offline_first(resolve_source(cfg), split)
     images, labels = decode_split(ds, cfg, progress=False)
     names = class_names(ds.features, cfg.label_column)
     if names is None or (labels < 0).any():

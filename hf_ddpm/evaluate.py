@@ -160,12 +160,15 @@ def model_dataset(model: str | Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    from .pipeline import SAMPLERS, load_pipeline
+    from .pipeline import load_pipeline
+    from .samplers import SAMPLERS
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported pipeline folder or Hub id; omit with --floor-only")
     parser.add_argument("--dataset", help="mnist, textures or a folder (default: from MODEL/config.yaml)")
-    parser.add_argument("--classifier", help="classifier folder (default: checkpoints/classifier-DATASET)")
+    parser.add_argument(
+        "--classifier", help="classifier folder, data set name or Hub id (default: the dataset's)"
+    )
     parser.add_argument("--sampler", default="dpm-solver", choices=list(SAMPLERS))
     parser.add_argument("--steps", type=int, default=20)
     parser.add_argument("--num-images", type=int, default=1000)

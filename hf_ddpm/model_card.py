@@ -1,4 +1,4 @@
-"""The model card (`README.md`) of a trained pipeline, rendered from `model_cards/ddpm.md` with
+"""The model card (`README.md`) of a trained pipeline, rendered from `templates/model_card.md` with
 huggingface_hub's `ModelCard`: Hub metadata, the sample grid, a usage snippet for stock diffusers, the
 training run, the scheduler and UNet, evaluation numbers when `eval.json` exists, and the data's licence.
 
@@ -20,10 +20,12 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
+from .files import write_atomically
+from .samplers import SAMPLERS, SAVED_SAMPLER
 
 logger = logging.getLogger(__name__)
 
-TEMPLATE = Path(__file__).resolve().parents[1] / "model_cards" / "ddpm.md"
+TEMPLATE = Path(__file__).parent / "templates" / "model_card.md"  # package data
 
 # Data whose rights rule out an open licence for weights trained on it, by the data set's short name
 # (last part of dataset.name, dataset.path or the folder the rows came from). See shared/data/README.md.
@@ -44,21 +46,10 @@ DATA_NOTES = {
     ),
 }
 DATA_DESCRIPTIONS = {"mnist": "handwritten digits (MNIST)", "textures": "Brodatz texture patches"}
-# Sampler -> the scheduler class the usage snippet swaps in (None: the saved one samples as it is).
-SAMPLER_CLASSES = {
-    "ddpm": None,
-    "ddim": "DDIMScheduler",
-    "dpm-solver": "DPMSolverMultistepScheduler",
-    "flow-euler": None,
-}
-SAMPLER_NAMES = {
-    "ddpm": "DDPM ancestral sampling",
-    "ddim": "DDIM",
-    "dpm-solver": "DPM-Solver++",
-    "flow-euler": "flow matching Euler steps",
-}
 # DPMSolverMultistepScheduler's flow mode, for a flow-matching model's scheduler config.
-FLOW_DPM_SOLVER = 'prediction_type="flow_prediction", use_flow_sigmas=True'
+FLOW_DPM_SOLVER = ", ".join(
+    f"{k}={v!r}".replace("'", '"') for k, v in SAMPLERS["dpm-solver"].flow_kwargs.items()
+)
 
 
 @dataclass
@@ -161,11 +152,7 @@ def write_model_card(
         evaluation=_evaluation_rows(folder / "eval.json"),
         licence=_licence_text(licence, restricted, short),
     )
-    path = folder / "README.md"
-    partial = path.with_name(path.name + ".partial")
-    partial.write_text(str(card).rstrip("\n") + "\n", encoding="utf-8")
-    partial.replace(path)
-    return path
+    return write_atomically(folder / "README.md", str(card).rstrip("\n") + "\n")
 
 
 def _short_names(cfg: Config, run: RunInfo) -> list[str]:
@@ -245,7 +232,7 @@ def _samples_caption(cfg: Config, id2label: dict[str, str] | None) -> str:
     if id2label:
         guidance = f", guidance scale {t.guidance_scale:g}; the classes cycle in label order"
     return (
-        f"{t.num_sample_images} samples from these weights: {SAMPLER_NAMES[t.sampler]}, "
+        f"{t.num_sample_images} samples from these weights: {SAMPLERS[t.sampler].title}, "
         f"{t.num_inference_steps} steps, seed {t.seed}{guidance}"
     )
 
@@ -275,7 +262,9 @@ def _usage(
 ) -> str:
     """Python that loads the pipeline and samples it the way `samples.png` was made (sampler, steps)."""
     t = cfg.training
-    scheduler_class = SAMPLER_CLASSES[t.sampler]
+    # The saved scheduler samples as it is; another one is swapped in (in its flow mode for flow matching).
+    saved = t.sampler == SAVED_SAMPLER[cfg.diffusion.objective]
+    scheduler_class = None if saved else SAMPLERS[t.sampler].scheduler_class
     flow_options = f", {FLOW_DPM_SOLVER}" if cfg.diffusion.flow_matching else ""
     remote_code = bool(id2label or vae)
     pipeline_class = "DiffusionPipeline" if remote_code else "DDPMPipeline"

@@ -14,6 +14,7 @@ def diffusion_loss(
     model,
     scheduler,
     x0: torch.Tensor,
+    *,
     generator: torch.Generator | None = None,
     snr_gamma: float | None = None,
     class_labels: torch.Tensor | None = None,

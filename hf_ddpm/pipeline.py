@@ -27,21 +27,12 @@ from diffusers import (
 from PIL import Image
 
 from .config import DiffusionConfig
+from .files import write_atomically
 from .hub import component_names
 from .pipelines.class_conditional_ddpm import ClassConditionalDDPMPipeline
 from .pipelines.latent_ddpm import LatentDDPMPipeline
+from .samplers import SAMPLERS, SAVED_SAMPLER, check_sampler
 from .scheduler import LinearNoiseScheduler
-
-# Sampler names of the CLI and the training config -> scheduler classes swapped in through `from_config`.
-SAMPLERS = {
-    "ddpm": LinearNoiseScheduler,  # Algorithm 2 of Ho et al. 2020, ancestral sampling
-    "ddim": DDIMScheduler,  # Song et al. 2021, deterministic (eta = 0)
-    "dpm-solver": DPMSolverMultistepScheduler,  # DPM-Solver++ (Lu et al. 2022), second order
-    "flow-euler": FlowMatchEulerDiscreteScheduler,  # flow matching: Euler steps along the learned velocity
-}
-# The samplers of each objective (a scheduler config's family, `is_flow`).
-FLOW_SAMPLERS = ("flow-euler", "dpm-solver")
-DDPM_SAMPLERS = ("ddpm", "ddim", "dpm-solver")
 
 
 def is_flow(config: dict) -> bool:
@@ -50,27 +41,37 @@ def is_flow(config: dict) -> bool:
     return "shift" in config or bool(config.get("use_flow_sigmas"))
 
 
-def make_scheduler(sampler: str, config: dict):
-    """A scheduler of the kind `sampler` (a key of `SAMPLERS`) with the noise schedule in `config`.
+def objective_of(config: dict) -> str:
+    """`flow_matching` or `ddpm`: the objective of the model a scheduler config samples (`is_flow`)."""
+    return "flow_matching" if is_flow(config) else "ddpm"
 
-    A flow-matching config (`is_flow`) takes `flow-euler`, or `dpm-solver` in its flow mode (DPM-Solver++ on
-    the sigmas t of the straight path, the UNet's output read as the velocity).
-    """
-    if sampler not in SAMPLERS:
-        raise ValueError(f"sampler {sampler!r} is unknown: choose one of {list(SAMPLERS)}")
-    flow = is_flow(config)
-    allowed = FLOW_SAMPLERS if flow else DDPM_SAMPLERS
-    if sampler not in allowed:
-        kind = "a flow-matching" if flow else "a DDPM"
-        raise ValueError(f"sampler {sampler!r} cannot sample {kind} model: choose one of {list(allowed)}")
-    if flow and sampler == "dpm-solver":
-        return DPMSolverMultistepScheduler.from_config(
-            config,
-            prediction_type="flow_prediction",
-            use_flow_sigmas=True,
-            flow_shift=config.get("shift", 1.0),
-        )
-    return SAMPLERS[sampler].from_config(config)
+
+def saved_sampler(config: dict) -> str:
+    """The sampler name of a saved scheduler config: DDPM's ancestral sampler, or flow matching's Euler."""
+    return SAVED_SAMPLER[objective_of(config)]
+
+
+_SCHEDULER_CLASSES = {
+    cls.__name__: cls
+    for cls in (
+        LinearNoiseScheduler,
+        DDIMScheduler,
+        DPMSolverMultistepScheduler,
+        FlowMatchEulerDiscreteScheduler,
+    )
+}
+
+
+def make_scheduler(sampler: str, config: dict):
+    """A scheduler of the kind `sampler` (a key of `hf_ddpm.samplers.SAMPLERS`) with the noise schedule in
+    `config`; a flow-matching config (`is_flow`) gets the sampler's flow mode (`Sampler.flow_kwargs`)."""
+    objective = objective_of(config)
+    check_sampler(sampler, objective)
+    entry = SAMPLERS[sampler]
+    cls = _SCHEDULER_CLASSES[entry.scheduler_class]
+    if objective == "flow_matching" and entry.flow_kwargs:
+        return cls.from_config(config, **entry.flow_kwargs, flow_shift=config.get("shift", 1.0))
+    return cls.from_config(config)
 
 
 def training_scheduler(diffusion: DiffusionConfig) -> LinearNoiseScheduler | FlowMatchEulerDiscreteScheduler:
@@ -256,10 +257,5 @@ def save_grid(images: np.ndarray, path: str | Path, padding: int = 2, cols: int 
     for i, image in enumerate(images):
         y, x = padding + (i // cols) * (h + padding), padding + (i % cols) * (w + padding)
         grid[y : y + h, x : x + w] = image
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Written beside, then renamed: a kill mid-write never leaves a truncated PNG under the real name.
-    partial = path.with_name(path.name + ".partial")
-    Image.fromarray(grid[..., 0] if c == 1 else grid).save(partial, format="PNG")
-    partial.replace(path)
-    return path
+    image = Image.fromarray(grid[..., 0] if c == 1 else grid)
+    return write_atomically(path, lambda partial: image.save(partial, format="PNG"))

@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import time
 
+from .samplers import SAMPLERS
+
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m hf_ddpm.sample", description=__doc__.splitlines()[0])
@@ -20,11 +22,11 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument(
         "--sampler",
-        choices=["ddpm", "ddim", "dpm-solver", "flow-euler"],
+        choices=list(SAMPLERS),
         help="default: the model's own (ddpm, or flow-euler for a flow-matching model)",
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="inference steps (default: 1000 for ddpm, else 50)"
+        "--steps", type=int, default=None, help="inference steps (default: the sampler's, e.g. 1000 for ddpm)"
     )
     parser.add_argument("--num-images", type=int, default=64)
     parser.add_argument("--batch-size", type=int, default=64)
@@ -34,14 +36,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--out", default="grid.png", help="PNG file for the grid")
     args = parser.parse_args(argv)
 
-    from .pipeline import generate, grid_columns, is_flow, load_pipeline, save_grid
+    from .pipeline import generate, grid_columns, load_pipeline, save_grid, saved_sampler
 
     try:
         pipeline = load_pipeline(args.model, args.sampler, args.device)
     except (ValueError, OSError) as err:
         parser.error(str(err))
-    sampler = args.sampler or ("flow-euler" if is_flow(pipeline.scheduler.config) else "ddpm")
-    steps = args.steps or (1000 if sampler == "ddpm" else 50)
+    sampler = args.sampler or saved_sampler(pipeline.scheduler.config)
+    steps = args.steps or SAMPLERS[sampler].default_steps
     start = time.perf_counter()
     images = generate(pipeline, args.num_images, steps, args.seed, args.batch_size, args.guidance_scale)
     seconds = time.perf_counter() - start

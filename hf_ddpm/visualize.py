@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -44,6 +43,7 @@ from matplotlib.figure import Figure
 
 from .config import DatasetConfig
 from .data import decode_split, load_split, resolve_source, to_model_range, to_uint8
+from .files import write_atomically
 from .pipeline import generate, load_pipeline
 from .scheduler import BETA_SCHEDULES, LinearNoiseScheduler
 
@@ -463,13 +463,10 @@ def tile(images: np.ndarray, padding: int = 2) -> np.ndarray:
 def _save(fig: Figure, out_dir: str | Path, name: str) -> Path:
     """Writes `out_dir/name.png`; through a `.partial` file and a rename, so a kill mid-write never leaves
     a truncated PNG under the real name."""
-    path = Path(out_dir) / f"{name}.png"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    partial = path.with_name(path.name + ".partial")
     # format="png": the ".partial" suffix would otherwise decide the format.
-    fig.savefig(partial, format="png", dpi=DPI)
-    os.replace(partial, path)
-    return path
+    return write_atomically(
+        Path(out_dir) / f"{name}.png", lambda partial: fig.savefig(partial, format="png", dpi=DPI)
+    )
 
 
 # ---------------------------------------------------------------------------------------------

@@ -149,22 +149,24 @@ def test_channels_3_replicates_gray_and_image_size_32_resizes(shared_data):
 # --- where the data is -----------------------------------------------------------------------------
 
 
-def test_data_dir_env_resolves_hub_name_to_local_folder(shared_data, monkeypatch):
+def test_data_dir_env_resolves_hub_name_to_local_folder(sample_data, monkeypatch):
     assert resolve_source(DatasetConfig()) == "ylecun/mnist"  # no env: the Hub id
-    monkeypatch.setenv("HF_DDPM_DATA_DIR", str(shared_data))
-    local = str((shared_data / "mnist").resolve())
+    monkeypatch.setenv("HF_DDPM_DATA_DIR", str(sample_data))
+    local = str((sample_data / "mnist").resolve())
     assert resolve_source(DatasetConfig(name="ylecun/mnist")) == local
     ds, info = load_image_dataset(DatasetConfig(split="test", max_samples=5), progress=False)
     assert info.source == local and ds.tensors[1].tolist() == [7, 2, 1, 0, 4]
 
 
-def test_relative_path_prefers_data_dir_then_cwd(shared_data, monkeypatch, tmp_path):
-    monkeypatch.chdir(tmp_path)
-    (tmp_path / "mnist").mkdir()
-    assert resolve_source(DatasetConfig(path="mnist")) == str((tmp_path / "mnist").resolve())
-    monkeypatch.setenv("HF_DDPM_DATA_DIR", str(shared_data))
-    assert resolve_source(DatasetConfig(path="mnist")) == str((shared_data / "mnist").resolve())
-    assert resolve_source(DatasetConfig(path="textures")) == str((shared_data / "textures").resolve())
+def test_relative_path_prefers_data_dir_then_cwd(monkeypatch, tmp_path):
+    cwd, data_dir = tmp_path / "cwd", tmp_path / "data"
+    for folder in (cwd / "mnist", cwd / "textures", data_dir / "mnist"):
+        folder.mkdir(parents=True)
+    monkeypatch.chdir(cwd)
+    assert resolve_source(DatasetConfig(path="mnist")) == str((cwd / "mnist").resolve())
+    monkeypatch.setenv("HF_DDPM_DATA_DIR", str(data_dir))
+    assert resolve_source(DatasetConfig(path="mnist")) == str((data_dir / "mnist").resolve())
+    assert resolve_source(DatasetConfig(path="textures")) == str((cwd / "textures").resolve())
 
 
 def test_missing_path_and_no_source_are_errors(monkeypatch, tmp_path):
@@ -178,8 +180,19 @@ def test_missing_path_and_no_source_are_errors(monkeypatch, tmp_path):
 def test_unreachable_hub_names_dataset_and_fix(monkeypatch):
     # The documented offline switch (HF_HUB_OFFLINE), so this fails at once instead of after retries.
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
-    with pytest.raises(RuntimeError, match=r"'ylecun/mnist'.*set dataset\.path or HF_DDPM_DATA_DIR"):
-        load_image_dataset(DatasetConfig(), progress=False)
+    with pytest.raises(RuntimeError, match=r"'org/no-sample'.*set dataset\.path or HF_DDPM_DATA_DIR"):
+        load_image_dataset(DatasetConfig(name="org/no-sample"), progress=False)
+
+
+def test_unreachable_hub_falls_back_to_the_bundled_sample_and_says_so(monkeypatch, caplog, mnist_dir):
+    """Offline, `ylecun/mnist` trains on the 5,000 digits bundled with hf-ddpm, with a warning naming the
+    fix, and the source it reports is the sample (the model card records it)."""
+    monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    dataset, info = load_image_dataset(DatasetConfig(), progress=False)
+    assert info.source == str(mnist_dir) and len(dataset) == 5000
+    assert dataset.tensors[1][:5].tolist() == [5, 0, 4, 1, 9]  # MNIST's first training labels
+    warning = next(r.getMessage() for r in caplog.records if r.levelname == "WARNING")
+    assert "'ylecun/mnist'" in warning and "HF_DDPM_DATA_DIR" in warning and "sample bundled" in warning
 
 
 def test_find_parquet_splits_layouts(tmp_path):

@@ -17,6 +17,7 @@ from safetensors.torch import load_file
 
 from hf_ddpm.config import DatasetConfig, load_config
 from hf_ddpm.data import load_image_dataset, to_model_range
+from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import draw_batch, flow_matching_loss, flow_times, interpolate, velocity
 from hf_ddpm.pipeline import generate, load_pipeline, make_scheduler
@@ -157,15 +158,13 @@ def flow_run(tmp_path_factory, mnist_dir):
     """The tiny preset as a flow-matching model, 40 steps on 1,024 real MNIST digits, bf16, under
     `accelerate launch`."""
     out = tmp_path_factory.mktemp("flow") / "flow-tiny"
-    launch = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "1",
-              "--num_machines", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]  # fmt: skip
-    config = REPO / "training" / "configs" / "tiny.yaml"
+    train = [REPO / "training" / "train.py", "--config", REPO / "training" / "configs" / "tiny.yaml"]
     run(
-        [*launch, REPO / "training" / "train.py", "--config", config, *FLOW, "--training.output_dir", out,
+        accelerate_launch(*train, *FLOW, "--training.output_dir", out,
          "--dataset.path", mnist_dir, "--dataset.max_samples", "1024",
          "--training.max_train_steps", "40", "--training.checkpointing_steps", "20",
          "--training.mixed_precision", "bf16", "--training.report_to", "tensorboard",
-         "--training.num_inference_steps", "10"],
+         "--training.num_inference_steps", "10"),
         out.parent,
     )  # fmt: skip
     return out

@@ -153,7 +153,7 @@ def hub(hub_server):
 
 
 @pytest.fixture(scope="module")
-def trained(hub_server, tmp_path_factory, shared_data):
+def trained(hub_server, tmp_path_factory, textures_dir):
     """The tiny preset, 5 steps on 256 Brodatz texture patches, pushed by train.py itself to REPO_ID.
 
     The token is given on the command line, the route most likely to leak it into config.yaml or logs.
@@ -162,7 +162,7 @@ def trained(hub_server, tmp_path_factory, shared_data):
     out = tmp_path_factory.mktemp("train") / "ddpm-textures"
     result = run(
         [sys.executable, *TRAIN, "--training.output_dir", out, "--dataset.name", "textures",
-         "--dataset.path", shared_data / "textures", "--dataset.max_samples", "256",
+         "--dataset.path", textures_dir, "--dataset.max_samples", "256",
          "--training.max_train_steps", "5", "--training.checkpointing_steps", "2",
          "--training.save_images_steps", "2", "--training.report_to", "tensorboard",
          "--training.push_to_hub", "true", "--training.hub_model_id", REPO_ID, "--training.hub_token", ALICE],

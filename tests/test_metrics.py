@@ -99,13 +99,13 @@ def test_textures_classifier_separates_textures(shared_data):
     assert accuracy > 10 / 99  # far above chance; the closing note reports the value
 
 
-def test_floor_subset_spans_the_classes_of_a_sorted_split(shared_data):
-    """The textures splits are sorted by class: a floor from the first rows would see one or two."""
+def test_floor_subset_spans_the_classes_of_a_sorted_split(textures_dir):
+    """The textures splits are sorted by class: a floor from the first rows would see one class."""
     from hf_ddpm.evaluate import random_subset
 
-    _, labels, _ = load_labeled_split(str(shared_data / "textures"), "train")
-    assert len(labels[:300].unique()) <= 2
-    assert len(random_subset(labels, 300).unique()) > 90
+    _, labels, _ = load_labeled_split(str(textures_dir), "train")  # 10 classes of 110
+    assert len(labels[:100].unique()) == 1
+    assert len(random_subset(labels, 100).unique()) == 10
     assert torch.equal(random_subset(labels, 300), random_subset(labels, 300))  # seeded
 
 
@@ -118,9 +118,9 @@ def test_tf_resize_samples_the_legacy_grid():
     assert torch.allclose(y[0, 0, 5, cols], expected, atol=1e-4)
 
 
-def test_inception_fid_separates_datasets(mnist, shared_data):
+def test_inception_fid_separates_datasets(mnist, textures_dir):
     (train_x, _, _), (test_x, _, _) = mnist
-    textures, _, _ = load_labeled_split(str(shared_data / "textures"), "test", max_samples=40)
+    textures, _, _ = load_labeled_split(str(textures_dir), "test", max_samples=40)
     same = inception_fid(train_x[:40], test_x[:40])
     other = inception_fid(textures, test_x[:40])
     assert other > 3 * same > 0

@@ -62,8 +62,10 @@ def test_snr_gamma_changes_the_loss_and_keeps_it_finite():
             return type("Out", (), {"sample": torch.zeros_like(x)})()
 
     x0 = torch.rand(64, 1, 8, 8) * 2 - 1
-    plain = diffusion_loss(Zero(), scheduler, x0, torch.Generator().manual_seed(1))
-    weighted = diffusion_loss(Zero(), scheduler, x0, torch.Generator().manual_seed(1), snr_gamma=5.0)
+    plain = diffusion_loss(Zero(), scheduler, x0, generator=torch.Generator().manual_seed(1))
+    weighted = diffusion_loss(
+        Zero(), scheduler, x0, generator=torch.Generator().manual_seed(1), snr_gamma=5.0
+    )
     # A zero prediction's epsilon loss is ~1 per pixel; min(SNR, 5) / SNR <= 1 only lowers it.
     assert plain.item() == pytest.approx(1.0, abs=0.1)
     assert 0 < weighted.item() < plain.item()

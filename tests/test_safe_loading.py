@@ -21,8 +21,8 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from hf_ddpm.checkpoints import check_model_weights, load_checkpoint
 from hf_ddpm.pipeline import load_pipeline
+from hf_ddpm.training.checkpoints import check_model_weights, load_checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [str(REPO / "training" / "train.py"), "--config", str(REPO / "training" / "configs" / "tiny.yaml")]

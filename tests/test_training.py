@@ -13,21 +13,10 @@ import torch
 from run_logs import scalars
 from safetensors.torch import load_file
 
+from hf_ddpm.launch import accelerate_launch
+
 REPO = Path(__file__).resolve().parents[1]
 TRAIN = [str(REPO / "training" / "train.py"), "--config", str(REPO / "training" / "configs" / "tiny.yaml")]
-LAUNCH = [
-    sys.executable,
-    "-m",
-    "accelerate.commands.launch",
-    "--num_processes",
-    "1",
-    "--num_machines",
-    "1",
-    "--mixed_precision",
-    "no",
-    "--dynamo_backend",
-    "no",
-]
 
 
 def run(cmd, cwd, **env):
@@ -42,8 +31,7 @@ def trained(tmp_path_factory, mnist_dir):
     out = tmp_path_factory.mktemp("run") / "ddpm-tiny"
     run(
         [
-            *LAUNCH,
-            *TRAIN,
+            *accelerate_launch(*TRAIN),
             "--training.output_dir",
             str(out),
             "--dataset.path",

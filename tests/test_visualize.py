@@ -16,9 +16,12 @@ from hf_ddpm.scheduler import BETA_SCHEDULES, LinearNoiseScheduler
 
 
 @pytest.fixture
-def data_env(shared_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    monkeypatch.setenv("HF_DDPM_DATA_DIR", str(shared_data))
-    return shared_data
+def data_env(mnist_dir: Path, textures_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A data folder with the bundled MNIST sample and the texture stand-in."""
+    (tmp_path / "mnist").symlink_to(mnist_dir)
+    (tmp_path / "textures").symlink_to(textures_dir)
+    monkeypatch.setenv("HF_DDPM_DATA_DIR", str(tmp_path))
+    return tmp_path
 
 
 @pytest.fixture(scope="module")

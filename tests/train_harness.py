@@ -1,4 +1,5 @@
-"""training/train.py with a fault injected and what each process saw recorded, for tests/test_reliability.py.
+"""training/train.py (`hf_ddpm.training.DiffusionTrainer`) with a fault injected and what each process saw
+recorded, for tests/test_reliability.py.
 
 Launched exactly like train.py (`accelerate launch tests/train_harness.py --config ...`); the real loop
 runs, and the environment says what to do to it:
@@ -13,7 +14,6 @@ runs, and the environment says what to do to it:
 """
 
 import hashlib
-import importlib.util
 import json
 import os
 import signal
@@ -23,9 +23,8 @@ from pathlib import Path
 import accelerate.checkpointing
 from diffusers.training_utils import EMAModel
 
-spec = importlib.util.spec_from_file_location("train", Path(__file__).parents[1] / "training" / "train.py")
-train = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(train)
+import hf_ddpm.training.diffusion as train
+from hf_ddpm.training import DiffusionTrainer, run_cli
 
 KILL = os.environ.get("HF_DDPM_KILL_AT", "")
 where, _, at = KILL.partition(":")
@@ -113,4 +112,4 @@ if RECORD:
     patch(EMAModel, "step", ema_step)
 
 if __name__ == "__main__":
-    train.cli()
+    run_cli(DiffusionTrainer)

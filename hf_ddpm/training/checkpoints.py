@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from ..files import partial_path
+
 _NAME = re.compile(r"checkpoint-(\d+)")
 
 
@@ -120,7 +122,7 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
     checkpoints written before stay as they were.
     """
     final = Path(output_dir) / f"checkpoint-{step}"
-    partial = final.with_name(final.name + ".partial")
+    partial = partial_path(final)
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)  # left by a run killed mid-write
     accelerator.wait_for_everyone()
