@@ -19,9 +19,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 	$(BIN)/pip install --quiet -e ".[test]"
 	touch $@
 
+# One process on every core; Ctrl-C stops after the current step with a checkpoint (docs/training.md).
 train: install
-	$(BIN)/accelerate launch --num_processes 1 --num_machines 1 --mixed_precision no --dynamo_backend no \
-		--num_cpu_threads_per_process $(shell nproc) training/train.py --config $(CONFIG) $(ARGS)
+	$(BIN)/python training/train.py --config $(CONFIG) $(ARGS)
 
 test: install
 	$(BIN)/pytest -q

@@ -13,7 +13,6 @@ because the objectives cost the same per step: `compare` times one step of each,
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -25,8 +24,10 @@ import torch
 from latent_vs_pixel import median_step_seconds
 from safetensors.torch import load_file
 
+from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.evaluate import data_floor, load_reference, score, to_nchw
 from hf_ddpm.launch import accelerate_launch
+from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss, draw_batch, flow_matching_loss, flow_times
 from hf_ddpm.pipeline import generate, load_pipeline
@@ -180,17 +181,19 @@ def _picture(cells: dict[tuple[str, int], np.ndarray], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train the models one after the other")
     p_train.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p_train.add_argument("--threads", type=int, default=os.cpu_count())
+    p_train.add_argument("--threads", type=at_least(1), default=os.cpu_count())
     p_train.add_argument("--out-root", type=Path, default=Path("outputs/flow-vs-ddpm"))
     p_compare = sub.add_parser("compare", help="sample, score and time the trained models")
     p_compare.add_argument("--out-root", type=Path, default=Path("outputs/flow-vs-ddpm"))
-    p_compare.add_argument("--num-images", type=int, default=256)
+    p_compare.add_argument("--num-images", type=at_least(MIN_FID_IMAGES), default=256)
     p_compare.add_argument("--seed", type=int, default=0)
-    p_compare.add_argument("--repeats", type=int, default=10, help="timed training steps per objective")
+    p_compare.add_argument(
+        "--repeats", type=at_least(1), default=10, help="timed training steps per objective"
+    )
     p_compare.add_argument("--picture", type=Path, help="PNG: one row per model, one column per step count")
     args, extra = parser.parse_known_args()
     if args.command == "train":

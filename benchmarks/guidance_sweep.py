@@ -14,27 +14,27 @@ The picture has one row per class and one column per scale; each row starts from
 
 from __future__ import annotations
 
-import argparse
 import json
 import time
 
 import numpy as np
 import torch
 
+from hf_ddpm.arguments import ArgumentParser, at_least, non_negative
 from hf_ddpm.classifier import predict
 from hf_ddpm.evaluate import load_reference, model_dataset, sample_for_scoring, score
-from hf_ddpm.metrics import within_class_spread
+from hf_ddpm.metrics import MIN_FID_IMAGES, within_class_spread
 from hf_ddpm.pipeline import load_pipeline
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported class-conditional pipeline folder")
     parser.add_argument("--dataset", help="default: from MODEL/config.yaml")
-    parser.add_argument("--scales", type=float, nargs="+", default=[0, 1, 2, 3, 5, 7])
+    parser.add_argument("--scales", type=non_negative, nargs="+", default=[0, 1, 2, 3, 5, 7])
     parser.add_argument("--sampler", default="dpm-solver", choices=["ddpm", "ddim", "dpm-solver"])
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--num-images", type=int, default=1000)
+    parser.add_argument("--steps", type=at_least(1), default=20)
+    parser.add_argument("--num-images", type=at_least(MIN_FID_IMAGES), default=1000)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--picture", help="PNG: one row per class, one column per scale")
     parser.add_argument("--json", help="also write the rows here")

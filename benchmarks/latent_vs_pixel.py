@@ -16,7 +16,6 @@ Everything timed is measured in the same run on this machine, each model after w
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import statistics
@@ -26,6 +25,7 @@ from pathlib import Path
 import diffusers
 import torch
 
+from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import AutoencoderConfig
 from hf_ddpm.latents import AutoencoderLoss, build_autoencoder
 from hf_ddpm.models import build_unet
@@ -87,14 +87,18 @@ def parameters(folder: Path) -> int:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--pixel-preset", default="small")
     parser.add_argument("--latent-preset", default="latent-small")
-    parser.add_argument("--latent-shape", type=int, nargs=3, default=[4, 7, 7], metavar=("C", "H", "W"))
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=10)
-    parser.add_argument("--steps", type=int, default=3000, help="pixel steps of the equal-time budget")
-    parser.add_argument("--autoencoder-steps", type=int, default=1500)
+    parser.add_argument(
+        "--latent-shape", type=at_least(1), nargs=3, default=[4, 7, 7], metavar=("C", "H", "W")
+    )
+    parser.add_argument("--batch-size", type=at_least(1), default=64)
+    parser.add_argument("--repeats", type=at_least(1), default=10)
+    parser.add_argument(
+        "--steps", type=at_least(1), default=3000, help="pixel steps of the equal-time budget"
+    )
+    parser.add_argument("--autoencoder-steps", type=at_least(0), default=1500)
     parser.add_argument("--pixel", help="a trained pixel-space pipeline (with eval.json)")
     parser.add_argument("--latent", help="a trained latent pipeline (with eval.json)")
     args = parser.parse_args()

@@ -15,8 +15,11 @@ import time
 
 import torch
 
+from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.evaluate import data_floor, load_reference, model_dataset, score, to_nchw
+from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.pipeline import generate, load_pipeline
+from hf_ddpm.samplers import SAMPLERS
 
 SWEEP = [
     ("ddpm", 1000),
@@ -29,16 +32,26 @@ SWEEP = [
 ]
 
 
+def sampler_steps(text: str) -> tuple[str, int]:
+    """`ddim:10` -> ("ddim", 10): a known sampler and at least one step."""
+    name, _, steps = text.partition(":")
+    if name not in SAMPLERS or not steps.isdigit() or int(steps) < 1:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not SAMPLER:STEPS with a sampler of {list(SAMPLERS)} and at least 1 step"
+        )
+    return name, int(steps)
+
+
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported pipeline folder")
     parser.add_argument("--dataset", help="default: from MODEL/config.yaml")
-    parser.add_argument("--num-images", type=int, default=256)
+    parser.add_argument("--num-images", type=at_least(MIN_FID_IMAGES), default=256)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--only", nargs="*", help="subset such as ddim:10 dpm-solver:20")
+    parser.add_argument("--only", nargs="*", type=sampler_steps, help="subset such as ddim:10 dpm-solver:20")
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
-    sweep = [(s, int(n)) for s, n in (x.split(":") for x in args.only)] if args.only else SWEEP
+    sweep = args.only or SWEEP
 
     ref = load_reference(args.dataset or model_dataset(args.model))
     threads = torch.get_num_threads()

@@ -53,6 +53,7 @@ from accelerate.utils import set_seed
 from torch.utils.data import TensorDataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import Config, load_config
 from hf_ddpm.data import DATA_DIR_ENV, load_image_dataset, to_model_range
 from hf_ddpm.launch import accelerate_launch
@@ -95,14 +96,16 @@ class Launch:
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--preset", default="small", help="UNet preset: tiny | small | tutorial")
-    parser.add_argument("--batch-size", type=int, default=128)
-    parser.add_argument("--steps", type=int, default=20, help="timed plain-loop steps, after warm-up")
+    parser.add_argument("--batch-size", type=at_least(1), default=128)
+    parser.add_argument("--steps", type=at_least(1), default=20, help="timed plain-loop steps, after warm-up")
     parser.add_argument(
         "--train-steps", type=_step_pair, default=(10, 40), help="N1,N2: max_train_steps of the two launches"
     )
-    parser.add_argument("--data-batches", type=int, default=50, help="batches timed from the DataLoader")
+    parser.add_argument(
+        "--data-batches", type=at_least(1), default=50, help="batches timed from the DataLoader"
+    )
     parser.add_argument("--skip-train-script", action="store_true", help="do not launch training/train.py")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variants")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")

@@ -21,7 +21,6 @@ Minutes are training minutes (optimizer steps only), so sampling and scoring do 
 
 from __future__ import annotations
 
-import argparse
 import itertools
 import json
 import math
@@ -33,7 +32,9 @@ from pathlib import Path
 
 import yaml
 
+from hf_ddpm.arguments import ArgumentParser, at_least, positive
 from hf_ddpm.launch import accelerate_launch
+from hf_ddpm.metrics import MIN_FID_IMAGES
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "mnist.yaml"
@@ -63,6 +64,9 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "fp32": ("fp32 instead of bf16", ["--training.mixed_precision", "no"]),
     "channels-last": ("channels-last memory order", ["--training.channels_last", "true"]),
 }  # fmt: skip
+# Arms whose step runs the same operations as base's (a loss weight, a target, an EMA decay, dropout's mask):
+# their step time is base's by construction; measuring them only measures the machine's noise.
+SAME_COMPUTE = ("v", "x0", "no-weighting", "p2", "ema-long", "ema-short", "dropout")
 # Fast grids and no intermediate ones: the 1000-step ancestral grid of mnist.yaml costs minutes.
 COMMON = [
     *("--training.sampler", "dpm-solver", "--training.num_inference_steps", "20"),
@@ -122,15 +126,24 @@ def measure(arms: list[str], root: Path, threads: int, core: int | None) -> None
         return statistics.median(chunks)
 
     base_runs.append(one("base"))
-    for arm in (a for a in arms if a != "base"):
+    for arm in (a for a in arms if a not in ("base", *SAME_COMPUTE)):
         seconds = one(arm)
         base_runs.append(one("base"))
         ratios[arm] = seconds / statistics.mean(base_runs[-2:])
         print(f"{arm}: {ratios[arm]:.3f} x base", flush=True)
     base = statistics.median(base_runs)
-    times = {"base": base, **{arm: ratio * base for arm, ratio in ratios.items()}}
+    times = {
+        "base": base,
+        **{arm: (1.0 if arm in SAME_COMPUTE else ratio) * base for arm, ratio in ratios.items()},
+    }
     report = {"seconds_per_step": times, "ratio_to_base": ratios, "base_launches": base_runs}
     (root / "step_times.json").write_text(json.dumps(report, indent=2) + "\n")
+
+
+def step_times(root: Path) -> dict[str, float]:
+    """Seconds per step by arm (`measure`'s), base's for the arms of `SAME_COMPUTE`."""
+    times = json.loads((root / "step_times.json").read_text())["seconds_per_step"]
+    return {arm: times["base"] if arm in SAME_COMPUTE else times.get(arm) for arm in ARMS}
 
 
 def arm_steps(seconds_per_step: float, budget_minutes: float) -> int:
@@ -138,7 +151,7 @@ def arm_steps(seconds_per_step: float, budget_minutes: float) -> int:
 
 
 def run(arms: list[str], root: Path, threads: int, budget: float, eval_images: int, seed: int) -> None:
-    times = json.loads((root / "step_times.json").read_text())["seconds_per_step"]
+    times = step_times(root)
     for arm in arms:
         out = root / (arm if seed == 0 else f"{arm}-seed{seed}")
         if (out / "eval.json").is_file():
@@ -163,7 +176,7 @@ def load_log(run_dir: Path) -> list[dict]:
 
 
 def report(root: Path, plot: Path | None) -> None:
-    times = json.loads((root / "step_times.json").read_text())["seconds_per_step"]
+    times = step_times(root)
     rows = []
     for run_dir in sorted(p for p in root.iterdir() if (p / "eval.json").is_file()):
         arm = run_dir.name.split("-seed")[0]
@@ -220,18 +233,20 @@ def _plot(rows: list, floor: dict, path: Path) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--root", type=Path, default=Path("outputs/ttq"))
     sub = parser.add_subparsers(dest="command", required=True)
     p_measure = sub.add_parser("measure", help="step time of each arm, alone on the machine")
     p_measure.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    p_measure.add_argument("--threads", type=int, default=1)
-    p_measure.add_argument("--core", type=int, help="pin to this CPU core (taskset): a steadier clock")
+    p_measure.add_argument("--threads", type=at_least(1), default=1)
+    p_measure.add_argument(
+        "--core", type=at_least(0), help="pin to this CPU core (taskset): a steadier clock"
+    )
     p_run = sub.add_parser("run", help="train arms for the same training time")
     p_run.add_argument("--arms", nargs="+", choices=list(ARMS), default=list(ARMS))
-    p_run.add_argument("--threads", type=int, default=1)
-    p_run.add_argument("--budget-minutes", type=float, default=10.0)
-    p_run.add_argument("--eval-images", type=int, default=500)
+    p_run.add_argument("--threads", type=at_least(1), default=1)
+    p_run.add_argument("--budget-minutes", type=positive, default=20.0)
+    p_run.add_argument("--eval-images", type=at_least(MIN_FID_IMAGES), default=500)
     p_run.add_argument("--seed", type=int, default=0)
     p_report = sub.add_parser("report", help="the table and the frontier picture")
     p_report.add_argument("--plot", type=Path)

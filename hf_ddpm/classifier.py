@@ -9,7 +9,6 @@ softmax the legibility and class-entropy metrics (`hf_ddpm.metrics`).
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 import time
@@ -21,6 +20,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
+
+from .arguments import ArgumentParser, at_least
 
 # The MNIST classifier ships in the package. The textures classifier does not (the texture photographs have
 # no open licence): it lives in a source checkout's checkpoints/, or wherever a path or Hub id says.
@@ -202,17 +203,22 @@ def train_classifier(
 def main(argv: list[str] | None = None) -> None:
     from hf_ddpm.data import load_labeled_split
 
-    parser = argparse.ArgumentParser(description="Train a feature classifier for the sample metrics.")
+    parser = ArgumentParser(
+        prog="python -m hf_ddpm.classifier", description="Train a feature classifier for the metrics."
+    )
     parser.add_argument("--dataset", required=True, help="mnist, textures, or a local dataset folder")
     parser.add_argument("--out", required=True, help="folder for config.json and model.safetensors")
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--epochs", type=int, default=4)
+    parser.add_argument("--epochs", type=at_least(1), default=4)
     parser.add_argument("--flip", action="store_true", help="random horizontal flips (textures)")
     args = parser.parse_args(argv)
 
     start = time.perf_counter()
-    train_x, train_y, names = load_labeled_split(args.dataset, "train")
-    test_x, test_y, _ = load_labeled_split(args.dataset, "test")
+    try:
+        train_x, train_y, names = load_labeled_split(args.dataset, "train")
+        test_x, test_y, _ = load_labeled_split(args.dataset, "test")
+    except (ValueError, RuntimeError) as err:
+        parser.error(str(err))
     config = ClassifierConfig(
         num_classes=len(names),
         class_names=names,

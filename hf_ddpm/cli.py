@@ -34,7 +34,11 @@ def main(argv: list[str] | None = None) -> None:
         lines = [f"  {name:<{width}}  {help_}" for name, (_, help_) in COMMANDS.items()]
         usage = "usage: hf-ddpm COMMAND [ARGS ...]\n\ncommands:\n" + "\n".join(lines)
         if argv and argv[0] not in ("-h", "--help"):
-            sys.exit(f"{usage}\nhf-ddpm: error: unknown command {argv[0]!r}: choose one of {list(COMMANDS)}")
+            print(
+                f"hf-ddpm: error: unknown command {argv[0]!r}: choose one of {list(COMMANDS)}",
+                file=sys.stderr,
+            )
+            sys.exit(2)
         print(usage)
         return
     command, rest = argv[0], argv[1:]

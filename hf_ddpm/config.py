@@ -137,6 +137,9 @@ class LoopConfig:
     # "latest" or a checkpoint folder.
     resume_from_checkpoint: str | None = None
     report_to: Literal["tensorboard", "none"] = "tensorboard"
+    # Where the output is not a terminal (nohup, a cluster's log), one line every this many steps (loss, lr,
+    # images per second, time left) instead of a progress bar.
+    logging_steps: int = 50
     # Evaluation on this many test images, with this classifier folder (None: the data set's own,
     # `hf_ddpm.classifier.load_classifier`).
     eval_num_images: int = 500
@@ -361,12 +364,13 @@ _MINIMUM = {
     "training.max_nonfinite_steps": 1,
     "training.dataloader_num_workers": 0,
     "training.checkpointing_steps": 1,
+    "training.logging_steps": 1,
     "training.checkpoints_total_limit": 1,
     "training.save_images_steps": 1,
     "training.num_sample_images": 1,
     "training.num_inference_steps": 1,
     "training.eval_every": 0,
-    "training.eval_num_images": 1,
+    "training.eval_num_images": 2,  # a Frechet distance needs a covariance
     "training.eval_num_inference_steps": 1,
 }
 

@@ -132,18 +132,24 @@ def bundled_sample(source: str) -> Path | None:
     return folder if folder.is_dir() else None
 
 
+_UNREACHABLE: set[str] = set()  # Hub data sets that could not be reached, replaced by their samples
+
+
 def load_split_offline_first(
     source: str, split: str, streaming: bool = False
 ) -> tuple[datasets.Dataset | datasets.IterableDataset, str]:
     """`load_split`, and the source the rows came from: a Hub data set that cannot be reached is replaced
     by its bundled sample (`bundled_sample`) with a warning, so that an offline machine still trains."""
+    sample = bundled_sample(source)
+    if sample is not None and source in _UNREACHABLE:  # found out earlier in this process: no more retries
+        return load_split(str(sample), split, streaming), str(sample)
     try:
         return load_split(source, split, streaming), source
     except RuntimeError as err:  # the Hub could not be reached (`_load`)
-        sample = bundled_sample(source)
         if sample is None:
             raise
         logger.warning("%s. Using the %s sample bundled with hf-ddpm instead (%s).", err, sample.name, sample)
+        _UNREACHABLE.add(source)
         return load_split(str(sample), split, streaming), str(sample)
 
 

@@ -9,7 +9,6 @@ picks up).
 
 from __future__ import annotations
 
-import argparse
 import inspect
 import json
 import time
@@ -19,9 +18,11 @@ from pathlib import Path
 import torch
 import yaml
 
+from .arguments import ArgumentParser, at_least, non_negative
 from .classifier import Classifier, load_classifier
 from .data import load_labeled_split
 from .metrics import (
+    MIN_FID_IMAGES,
     classifier_metrics,
     frechet_distance,
     gaussian_stats,
@@ -163,31 +164,41 @@ def main(argv: list[str] | None = None) -> None:
     from .pipeline import load_pipeline
     from .samplers import SAMPLERS
 
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m hf_ddpm.evaluate", description=__doc__.splitlines()[0])
     parser.add_argument("--model", help="exported pipeline folder or Hub id; omit with --floor-only")
     parser.add_argument("--dataset", help="mnist, textures or a folder (default: from MODEL/config.yaml)")
     parser.add_argument(
         "--classifier", help="classifier folder, data set name or Hub id (default: the dataset's)"
     )
     parser.add_argument("--sampler", default="dpm-solver", choices=list(SAMPLERS))
-    parser.add_argument("--steps", type=int, default=20)
-    parser.add_argument("--num-images", type=int, default=1000)
-    parser.add_argument("--batch-size", type=int, default=250)
+    parser.add_argument("--steps", type=at_least(1), default=20)
+    # A Frechet distance compares covariances: 2 images at the very least, many more for a stable number.
+    parser.add_argument("--num-images", type=at_least(MIN_FID_IMAGES), default=1000)
+    parser.add_argument("--batch-size", type=at_least(1), default=250)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument(
-        "--guidance-scale", type=float, help="class-conditional models (default: the pipeline's own)"
+        "--guidance-scale", type=non_negative, help="class-conditional models (default: the pipeline's own)"
     )
-    parser.add_argument("--inception-images", type=int, default=0, help="also Inception FID on this many")
+    parser.add_argument(
+        "--inception-images", type=at_least(0), default=0, help="also Inception FID on this many (0 or >= 2)"
+    )
     parser.add_argument("--floor-only", action="store_true", help="score real train images only")
     parser.add_argument("--out", help="JSON file (default MODEL/eval.json)")
     args = parser.parse_args(argv)
+    if args.inception_images == 1:
+        parser.error(
+            f"--inception-images 1: a Frechet distance needs at least {MIN_FID_IMAGES} images (or 0: none)"
+        )
     if not args.model and not args.floor_only:
         parser.error("--model is required (or --floor-only with --dataset)")
     dataset = args.dataset or (model_dataset(args.model) if args.model else None)
     if dataset is None:
         parser.error("--dataset is required: the model folder has no config.yaml naming its data")
 
-    ref = load_reference(dataset, args.classifier)
+    try:
+        ref = load_reference(dataset, args.classifier)
+    except (ValueError, RuntimeError, FileNotFoundError) as err:
+        parser.error(str(err))
     sampling, guidance = {}, args.guidance_scale
     if not args.floor_only:
         try:

@@ -14,11 +14,12 @@ The token comes from `--token`, else `$HF_TOKEN`, else the login saved by `hf au
 
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import sys
 from pathlib import Path
+
+from .arguments import ArgumentParser
 
 # The licence ids a model card's `license:` may take: the Hub refuses a card with any other
 # (https://huggingface.co/docs/hub/repositories-licenses).
@@ -176,7 +177,7 @@ def _first_line(value: object) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hf_ddpm.hub", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m hf_ddpm.hub", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
     push = commands.add_parser("push", help="upload a trained pipeline (an output_dir of training/train.py)")
     push.add_argument("output_dir", help="folder written by training/train.py")

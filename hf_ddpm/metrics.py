@@ -25,10 +25,18 @@ import torch.nn.functional as F
 from .classifier import Classifier, predict
 
 LEGIBLE_PROBABILITY = 0.9
+# A covariance needs 2 samples; FID from far fewer samples than feature dimensions is defined but biased.
+MIN_FID_IMAGES = 2
 
 
 def gaussian_stats(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64."""
+    """Mean (D,) and unbiased covariance (D, D) of features (N, D), in float64; `ValueError` below
+    `MIN_FID_IMAGES` rows, where the covariance is undefined."""
+    if len(features) < MIN_FID_IMAGES:
+        raise ValueError(
+            f"a Frechet distance needs at least {MIN_FID_IMAGES} images, got {len(features)}: score more "
+            f"images (well above the {features.shape[-1]} feature dimensions for a stable value)"
+        )
     f = features.double()
     return f.mean(0), torch.cov(f.T)
 

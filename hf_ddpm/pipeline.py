@@ -121,6 +121,13 @@ def load_pipeline(
     own copy of the pipeline class: the `.py` file that travels with it is never executed here.
     """
     local = Path(model)
+    if not local.exists() and (
+        local.is_absolute() or str(model).startswith((".", "~")) or str(model).count("/") > 1
+    ):
+        raise ValueError(
+            f"folder {model} does not exist: point --model at a folder written by training/train.py (its "
+            "output_dir) or at a Hub repo id such as org/name"
+        )
     if local.is_dir() and not (local / "model_index.json").is_file():
         raise ValueError(
             f"{model} holds no model_index.json: point --model at a folder written by training/train.py "

@@ -9,14 +9,14 @@ A class-conditional model draws the classes in label order, one grid column per 
 
 from __future__ import annotations
 
-import argparse
 import time
 
+from .arguments import ArgumentParser, at_least, non_negative
 from .samplers import SAMPLERS
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hf_ddpm.sample", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m hf_ddpm.sample", description=__doc__.splitlines()[0])
     parser.add_argument(
         "--model", required=True, help="folder written by training/train.py, or a Hub repo id"
     )
@@ -26,12 +26,14 @@ def main(argv: list[str] | None = None) -> None:
         help="default: the model's own (ddpm, or flow-euler for a flow-matching model)",
     )
     parser.add_argument(
-        "--steps", type=int, default=None, help="inference steps (default: the sampler's, e.g. 1000 for ddpm)"
+        "--steps", type=at_least(1), help="inference steps (default: the sampler's, e.g. 1000 for ddpm)"
     )
-    parser.add_argument("--num-images", type=int, default=64)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-images", type=at_least(1), default=64)
+    parser.add_argument("--batch-size", type=at_least(1), default=64)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--guidance-scale", type=float, help="class-conditional models: w of the guidance")
+    parser.add_argument(
+        "--guidance-scale", type=non_negative, help="class-conditional models: w of the guidance (>= 0)"
+    )
     parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
     parser.add_argument("--out", default="grid.png", help="PNG file for the grid")
     args = parser.parse_args(argv)
@@ -42,8 +44,10 @@ def main(argv: list[str] | None = None) -> None:
         pipeline = load_pipeline(args.model, args.sampler, args.device)
     except (ValueError, OSError) as err:
         parser.error(str(err))
+    if args.guidance_scale is not None and not getattr(pipeline, "num_classes", 0):
+        parser.error(f"--guidance-scale: {args.model} is not class-conditional, so there is nothing to guide")
     sampler = args.sampler or saved_sampler(pipeline.scheduler.config)
-    steps = args.steps or SAMPLERS[sampler].default_steps
+    steps = args.steps if args.steps is not None else SAMPLERS[sampler].default_steps
     start = time.perf_counter()
     images = generate(pipeline, args.num_images, steps, args.seed, args.batch_size, args.guidance_scale)
     seconds = time.perf_counter() - start

@@ -26,7 +26,6 @@ global matplotlib state and needs no display.
 
 from __future__ import annotations
 
-import argparse
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -41,6 +40,7 @@ from matplotlib.axes import Axes
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
+from .arguments import ArgumentParser
 from .config import DatasetConfig
 from .data import decode_split, load_split, resolve_source, to_model_range, to_uint8
 from .files import write_atomically
@@ -475,7 +475,7 @@ def _save(fig: Figure, out_dir: str | Path, name: str) -> Path:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(prog="python -m hf_ddpm.visualize", description=__doc__.splitlines()[0])
+    parser = ArgumentParser(prog="python -m hf_ddpm.visualize", description=__doc__.splitlines()[0])
     parser.add_argument("--out", default="docs/images", help="folder for the PNGs")
     parser.add_argument("--model", help="exported pipeline folder (for reverse_process, sampler_grids)")
     parser.add_argument("--run", help="training output_dir with TensorBoard logs (for training_curves)")

@@ -9,13 +9,16 @@ runs, and the environment says what to do to it:
                      checkpoint:N  writing checkpoint-N, after model.safetensors and before optimizer.bin
                      grid:N        half-way through writing samples/step_N.png
                      export        in the final export, after unet/ and before model_index.json
-    HF_DDPM_RECORD   a folder: each process appends to rank{R}.jsonl one hash per image of every batch it
-                     trains on, and a hash of its EMA weights after every update.
+    HF_DDPM_RECORD   a folder: each process appends to rank{R}.jsonl its process id, then one hash per image
+                     of every batch it trains on, and a hash of its EMA weights after every update.
+    HF_DDPM_NO_ROOM_RANK  R: from its first checkpoint on, process R may not grow any file (its file size
+                     limit drops to 0, so its writes fail with EFBIG, an error of the operating system).
 """
 
 import hashlib
 import json
 import os
+import resource
 import signal
 import tempfile
 from pathlib import Path
@@ -27,6 +30,7 @@ import hf_ddpm.training.diffusion as train
 from hf_ddpm.training import DiffusionTrainer, run_cli
 
 KILL = os.environ.get("HF_DDPM_KILL_AT", "")
+NO_ROOM_RANK = os.environ.get("HF_DDPM_NO_ROOM_RANK")
 where, _, at = KILL.partition(":")
 RECORD = os.environ.get("HF_DDPM_RECORD")
 RANK = int(os.environ.get("RANK", "0"))
@@ -55,6 +59,8 @@ def diffusion_loss(*args, **kwargs):
 
 
 def checkpoint_save(obj, f, *args, **kwargs):
+    if NO_ROOM_RANK is not None and RANK == int(NO_ROOM_RANK):
+        resource.setrlimit(resource.RLIMIT_FSIZE, (0, resource.getrlimit(resource.RLIMIT_FSIZE)[1]))
     if (
         where == "checkpoint"
         and Path(f).parent.name == f"checkpoint-{at}.partial"
@@ -101,13 +107,15 @@ def patch(owner, name: str, wrapper) -> None:
     setattr(owner, name, wrapper)
 
 
+if KILL or NO_ROOM_RANK is not None:
+    patch(accelerate.checkpointing, "save", checkpoint_save)
 if KILL:
     patch(train, "draw_batch", draw_batch)
     patch(train, "diffusion_loss", diffusion_loss)
-    patch(accelerate.checkpointing, "save", checkpoint_save)
     patch(train, "save_grid", save_grid)
     patch(train, "export_pipeline", export_pipeline)
 if RECORD:
+    record({"pid": os.getpid()})
     patch(train, "to_model_range", to_model_range)
     patch(EMAModel, "step", ema_step)
 

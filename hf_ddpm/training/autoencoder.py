@@ -70,8 +70,7 @@ class AutoencoderTrainer(TrainLoop):
 
     def export(self) -> None:
         """The autoencoder with its scaling_factor, the test split's reconstruction numbers, the grid."""
-        if self.accelerator.is_main_process:
-            finish(self.ema_model(self.unwrapped_model), self.cfg, self.dataset)
+        self.on_main_process(lambda: finish(self.ema_model(self.unwrapped_model), self.cfg, self.dataset))
 
 
 @torch.no_grad()

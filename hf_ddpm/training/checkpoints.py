@@ -118,30 +118,37 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
     """Saves the accelerator state as `checkpoint-{step}` and prunes the oldest beyond `total_limit`.
 
     Called on every process (each writes its own RNG state); only the main process renames and prunes.
-    A failed write (disk full) removes the partial folder and raises `CheckpointWriteError`: the
-    checkpoints written before stay as they were.
+    A failed write (disk full, a folder one process may not write) on any process removes the partial
+    folder and raises `CheckpointWriteError` on every process at once, the message naming the process and
+    its reason: the checkpoints written before stay as they were, and no process waits for another.
     """
     final = Path(output_dir) / f"checkpoint-{step}"
     partial = partial_path(final)
     if accelerator.is_main_process and partial.exists():
         shutil.rmtree(partial)  # left by a run killed mid-write
     accelerator.wait_for_everyone()
+    reason = None
     try:
         accelerator.save_state(str(partial))
     except (OSError, RuntimeError) as err:  # torch.save reports a failed write as a RuntimeError
-        shutil.rmtree(partial, ignore_errors=True)
-        found = list_checkpoints(output_dir)
-        last = f"the last complete one is {found[-1].name}" if found else "there is no complete one yet"
         if isinstance(err, OSError) and err.strerror:
             reason = err.strerror
         else:  # torch.save: "[enforce fail at inline_container.cc:672] . unexpected pos ..."
             first_line = str(err).splitlines()[0]
             reason = "write failed: " + re.sub(r"^\[enforce fail at [^\]]*\][ .]*", "", first_line)
+    reasons = _gather_reasons(accelerator, reason)
+    if reasons:
+        if accelerator.is_main_process:
+            shutil.rmtree(partial, ignore_errors=True)
+        found = list_checkpoints(output_dir)
+        last = f"the last complete one is {found[-1].name}" if found else "there is no complete one yet"
+        rank, why = reasons[0]
+        why = why if accelerator.num_processes == 1 else f"process {rank}: {why}"
         raise CheckpointWriteError(
-            f"could not write {final.name} ({reason}; {_free(output_dir)} free in {output_dir}): {last}; "
+            f"could not write {final.name} ({why}; {_free(output_dir)} free in {output_dir}): {last}; "
             "free space or choose another training.output_dir, then resume with "
             "--training.resume_from_checkpoint latest"
-        ) from err
+        )
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         if final.exists():
@@ -152,6 +159,16 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, total_limit:
                 shutil.rmtree(old)
     accelerator.wait_for_everyone()
     return final
+
+
+def _gather_reasons(accelerator, reason: str | None) -> list[tuple[int, str]]:
+    """(process index, reason) of every process whose write failed, on every process (one collective)."""
+    if accelerator.num_processes == 1:
+        return [(0, reason)] if reason else []
+    from accelerate.utils import gather_object
+
+    reasons = gather_object([(accelerator.process_index, reason)])
+    return [(rank, why) for rank, why in reasons if why]
 
 
 def check_model_weights(path: str | Path, state_dict: dict) -> None:

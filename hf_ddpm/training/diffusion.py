@@ -39,6 +39,7 @@ from ..pipeline import (
 from .loop import TrainingError, TrainLoop
 
 logger = get_logger(__name__, log_level="INFO")
+EVAL_LOG = "eval_log.jsonl"  # one JSON record per evaluation: the step, the training minutes, the metrics
 
 
 class DiffusionTrainer(TrainLoop):
@@ -170,54 +171,67 @@ class DiffusionTrainer(TrainLoop):
 
     def sample_grid(self, path: Path) -> Path:
         """`num_sample_images` from the EMA weights with the run's seed and sampler (main process only)."""
-        if self.accelerator.is_main_process:
-            training = self.cfg.training
-            with self.ema_weights() as model:
-                pipeline = make_pipeline(
-                    model, make_scheduler(training.sampler, self.scheduler.config), **self.components
-                )
-                pipeline.set_progress_bar_config(disable=True)
-                start = time.perf_counter()
-                images = generate(
-                    pipeline,
-                    training.num_sample_images,
-                    training.num_inference_steps,
-                    training.seed,
-                    guidance_scale=training.guidance_scale,
-                )
-                save_grid(images, path, cols=grid_columns(pipeline))
-            logger.info(
-                f"wrote {path} ({training.sampler}, {training.num_inference_steps} steps, "
-                f"{time.perf_counter() - start:.0f} s)"
-            )
-        self.accelerator.wait_for_everyone()
+        self.on_main_process(lambda: self._sample_grid(path))
         return path
+
+    def _sample_grid(self, path: Path) -> None:
+        training = self.cfg.training
+        start = time.perf_counter()
+        with self.ema_weights() as model:
+            sampler = make_scheduler(training.sampler, self.scheduler.config)
+            pipeline = make_pipeline(model, sampler, **self.components)
+            pipeline.set_progress_bar_config(disable=True)
+            images = generate(
+                pipeline,
+                training.num_sample_images,
+                training.num_inference_steps,
+                training.seed,
+                guidance_scale=training.guidance_scale,
+            )
+            save_grid(images, path, cols=grid_columns(pipeline))
+        seconds = time.perf_counter() - start
+        logger.info(
+            f"wrote {path} ({training.sampler}, {training.num_inference_steps} steps, {seconds:.0f} s)"
+        )
 
     def evaluate(self) -> None:
         """Scores EMA samples (main process), logs them, and exports the pipeline to best/ when its
         classifier-FID is the lowest so far."""
-        if self.accelerator.is_main_process:
-            step = self.global_step
-            with self.ema_weights() as model:
-                metrics = self._eval_metrics(model)
-                if metrics["classifier_fid"] < self.best_fid:
-                    self.best_fid = metrics["classifier_fid"]
-                    with replace_folder(self.output_dir / "best") as best:
-                        export_pipeline(model, self.scheduler, best, **self.components)
-                        write_atomically(
-                            best / "eval.json", json.dumps({"step": step, **metrics}, indent=2) + "\n"
-                        )
-            self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-            record = {"step": step, "train_minutes": self.clock["train_seconds"] / 60, **metrics}
-            with open(self.output_dir / "eval_log.jsonl", "a") as f:
-                f.write(json.dumps(record) + "\n")
-            logger.info(
-                f"step {step}: classifier-FID {metrics['classifier_fid']:.2f}, legibility "
-                f"{metrics['legibility']:.3f}, class entropy {metrics['class_entropy']:.3f} "
-                f"(best classifier-FID {self.best_fid:.2f})"
-            )
-            self.last_eval = (step, metrics)
-        self.accelerator.wait_for_everyone()
+        self.on_main_process(self._evaluate)
+
+    def _evaluate(self) -> None:
+        step = self.global_step
+        with self.ema_weights() as model:
+            metrics = self._eval_metrics(model)
+            if metrics["classifier_fid"] < self.best_fid:
+                self.best_fid = metrics["classifier_fid"]
+                with replace_folder(self.output_dir / "best") as best:
+                    export_pipeline(model, self.scheduler, best, **self.components)
+                    write_atomically(
+                        best / "eval.json", json.dumps({"step": step, **metrics}, indent=2) + "\n"
+                    )
+        self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
+        record = {"step": step, "train_minutes": self.clock["train_seconds"] / 60, **metrics}
+        with open(self.output_dir / EVAL_LOG, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        logger.info(
+            f"step {step}: classifier-FID {metrics['classifier_fid']:.2f}, legibility "
+            f"{metrics['legibility']:.3f}, class entropy {metrics['class_entropy']:.3f} "
+            f"(best classifier-FID {self.best_fid:.2f})"
+        )
+        self.last_eval = (step, metrics)
+
+    def after_resume(self) -> None:
+        """Drops the evaluations a killed run logged after the checkpoint, which the resumed run repeats."""
+
+        def prune() -> None:
+            path = self.output_dir / EVAL_LOG
+            if path.is_file():
+                lines = path.read_text().splitlines()
+                kept = [line for line in lines if json.loads(line)["step"] <= self.global_step]
+                write_atomically(path, "".join(line + "\n" for line in kept))
+
+        self.on_main_process(prune)
 
     def _eval_metrics(self, model: UNet2DModel) -> dict[str, float]:
         training = self.cfg.training
@@ -235,15 +249,18 @@ class DiffusionTrainer(TrainLoop):
 
     def export(self) -> None:
         """The pipeline (EMA weights), eval.json, the final grid, the model card, and the Hub push."""
-        training = self.cfg.training
         model = self.unwrapped_model
-        if self.accelerator.is_main_process:
-            export_pipeline(model, self.scheduler, self.output_dir, **self.components)
-            if self.reference is not None:  # the final model's numbers go into eval.json and the model card
-                self._final_report(model)
+        self.on_main_process(lambda: self._export_pipeline(model))
         grid = self.sample_grid(self.output_dir / "samples.png")  # the model holds the EMA weights already
-        if not self.accelerator.is_main_process:
-            return
+        self.on_main_process(lambda: self._publish(grid))
+
+    def _export_pipeline(self, model: UNet2DModel) -> None:
+        export_pipeline(model, self.scheduler, self.output_dir, **self.components)
+        if self.reference is not None:  # the final model's numbers go into eval.json and the model card
+            self._final_report(model)
+
+    def _publish(self, grid: Path) -> None:
+        training = self.cfg.training
         run = RunInfo(
             wall_time_s=time.perf_counter() - self.start_time,
             hardware=describe_hardware(self.accelerator.device),

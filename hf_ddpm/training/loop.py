@@ -23,18 +23,21 @@ epoch alone, so a resumed run trains on exactly what an uninterrupted one would 
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import errno
 import logging
+import math
 import os
 import sys
 import time
 import typing
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import datasets
+import diffusers
+import huggingface_hub
 import torch
 from accelerate import Accelerator
 from accelerate.logging import get_logger
@@ -43,8 +46,8 @@ from diffusers.optimization import get_scheduler
 from diffusers.training_utils import EMAModel
 from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader
-from tqdm.auto import tqdm
 
+from ..arguments import ArgumentParser
 from ..config import LoopConfig, load_config
 from ..data import DatasetInfo, check_batches, load_image_dataset
 from ..files import write_atomically
@@ -53,17 +56,24 @@ from .checkpoints import (
     check_free_space,
     check_writable,
     checkpoint_step,
+    list_checkpoints,
     load_checkpoint,
     register_ema,
     resolve_checkpoint,
     save_checkpoint,
 )
+from .progress import Progress
+from .stopping import REQUEUE_EXIT_CODE, StopSignals, TrainingStopped
 
 logger = get_logger(__name__, log_level="INFO")
 
 
 class TrainingError(RuntimeError):
     """Stops a run with a one-line message naming the problem and the fix (`run_cli` prints it)."""
+
+
+class FailedElsewhere(TrainingError):
+    """Another process failed (and says why); this one stops with it, silently."""
 
 
 def build_accelerator(training: LoopConfig, output_dir: Path) -> Accelerator:
@@ -140,7 +150,7 @@ class TrainLoop:
 
     def load_data(self) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
         """The training split as `(uint8 image, label)` rows."""
-        return load_image_dataset(self.cfg.dataset, seed=self.cfg.training.seed)
+        return load_image_dataset(self.cfg.dataset, seed=self.cfg.training.seed, progress=sys.stderr.isatty())
 
     def build_model(self) -> torch.nn.Module:
         """The module accelerate prepares and the optimizer trains (called after `load_data`)."""
@@ -175,7 +185,27 @@ class TrainLoop:
     # ------------------------------------------------------------------------------------------------
 
     def train(self) -> None:
+        """Runs the whole job. SIGTERM and SIGINT stop it cleanly (`hf_ddpm.training.stopping`)."""
         self.start_time = time.perf_counter()  # the wall time in the model card
+        self.signals = StopSignals(self._resume_hint)
+        if not sys.stderr.isatty():  # a log file: no progress bars redrawn into it, only log lines
+            datasets.disable_progress_bars()
+            diffusers.utils.logging.disable_progress_bar()
+            huggingface_hub.utils.disable_progress_bars()
+        with self.signals.catch():
+            self._set_up()
+            self.signals.graceful = True
+            self._loop()
+            self.signals.graceful = False
+            self.save_checkpoint()
+            if self.ema is not None:  # training is over: the EMA weights are the model from here on
+                self.ema.copy_to(self.ema_model(self.unwrapped_model).parameters())
+                self.ema = None  # so ema_weights() no longer swaps weights in
+            self.export()
+            self.accelerator.wait_for_everyone()
+            self.accelerator.end_training()
+
+    def _set_up(self) -> None:
         training = self.cfg.training
         self.accelerator = build_accelerator(training, self.output_dir)
         if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
@@ -184,13 +214,7 @@ class TrainLoop:
                 "grids and checkpoints need every process to hold the whole model; use DDP (--multi_gpu, or "
                 "training/accelerate_configs/multi_gpu.yaml), every preset fits one GPU"
             )
-        if self.accelerator.is_main_process:
-            try:
-                check_writable(self.output_dir)
-            except ValueError as err:
-                raise TrainingError(str(err)) from err
-            write_atomically(self.output_dir / "config.yaml", self.cfg.to_yaml())
-            self.before_training()
+        self.on_main_process(self._prepare_output_dir)
         set_seed(training.seed)  # the same initial weights on every process
         try:
             self.dataset, self.info = self.load_data()
@@ -198,11 +222,7 @@ class TrainLoop:
         except (ValueError, RuntimeError) as err:  # hf_ddpm.data's one-line errors (Runtime: Hub unreachable)
             raise TrainingError(str(err)) from err
         model = self.build_model()
-        if self.accelerator.is_main_process:
-            try:
-                check_free_space(self.output_dir, model, training.use_ema)
-            except ValueError as err:
-                raise TrainingError(str(err)) from err
+        self.on_main_process(lambda: self._check_free_space(model))
         if training.use_ema:
             self.ema = build_ema(self.ema_model(model), training)
             self.ema.to(self.accelerator.device)
@@ -223,26 +243,62 @@ class TrainLoop:
             register_ema(self.accelerator, self.ema, type(self.ema_model(model)), self.ema_folder)
         self._resume()
         if self.accelerator.is_main_process and training.report_to != "none":
-            self.accelerator.init_trackers(self.tracker_project, config=_flat_hparams(self.cfg))
-        global_batch = (
-            training.train_batch_size * self.accelerator.num_processes * training.gradient_accumulation_steps
-        )
+            # A resumed run hides what a killed run logged after its checkpoint, so each step shows once.
+            purge = {"tensorboard": {"purge_step": self.global_step + 1}} if self.global_step else {}
+            self.accelerator.init_trackers(self.tracker_project, _flat_hparams(self.cfg), init_kwargs=purge)
         logger.info(
             f"{self.info.num_rows} images from {self.info.source}; {self.describe()}; "
-            f"{self.accelerator.num_processes} process(es), global batch {global_batch}"
+            f"{self.accelerator.num_processes} process(es), global batch {self.global_batch}"
         )
-        self._loop()
-        save_checkpoint(self.accelerator, self.output_dir, self.global_step, training.checkpoints_total_limit)
-        if self.ema is not None:  # training is over: the EMA weights are the model from here on
-            self.ema.copy_to(self.ema_model(self.unwrapped_model).parameters())
-            self.ema = None  # so ema_weights() no longer swaps weights in
-        self.export()
-        self.accelerator.wait_for_everyone()
-        self.accelerator.end_training()
+
+    def _prepare_output_dir(self) -> None:
+        try:
+            check_writable(self.output_dir)
+        except ValueError as err:
+            raise TrainingError(str(err)) from err
+        write_atomically(self.output_dir / "config.yaml", self.cfg.to_yaml())
+        self.before_training()
+
+    def _check_free_space(self, model: torch.nn.Module) -> None:
+        try:
+            check_free_space(self.output_dir, model, self.cfg.training.use_ema)
+        except ValueError as err:
+            raise TrainingError(str(err)) from err
+
+    @property
+    def global_batch(self) -> int:
+        training = self.cfg.training
+        return (
+            training.train_batch_size * self.accelerator.num_processes * training.gradient_accumulation_steps
+        )
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
         return self.accelerator.unwrap_model(self.model)
+
+    def on_main_process(self, work: Callable[[], Any]) -> Any:
+        """Runs `work()` on the main process and returns its result there (None elsewhere). Every process
+        returns together; when `work` raised, it raises again on the main process and every other process
+        raises `FailedElsewhere`, so none waits at a barrier for one that is gone."""
+        error, result = None, None
+        if self.accelerator.is_main_process:
+            try:
+                result = work()
+            except Exception as err:  # re-raised below, once every process knows
+                error = err
+        if self.any_process(error is not None):
+            raise error if error is not None else FailedElsewhere("the main process stopped")
+        return result
+
+    def any_process(self, flag: bool) -> bool:
+        """Whether `flag` is True on any process (one collective)."""
+        flags = self.accelerator.gather(torch.tensor([float(flag)], device=self.accelerator.device))
+        return bool(flags.max() > 0)
+
+    def save_checkpoint(self) -> None:
+        save_checkpoint(
+            self.accelerator, self.output_dir, self.global_step, self.cfg.training.checkpoints_total_limit
+        )
 
     def _resume(self) -> None:
         resume = self.cfg.training.resume_from_checkpoint
@@ -258,24 +314,29 @@ class TrainLoop:
             raise TrainingError(str(err)) from err
         self.global_step = checkpoint_step(path)
         logger.info(f"resumed from {path} at step {self.global_step}")
+        self.after_resume()
+
+    def after_resume(self) -> None:
+        """After a checkpoint was loaded: forget what a killed run did past it (logs, records)."""
 
     def _loop(self) -> None:
         training = self.cfg.training
         accelerator, model = self.accelerator, self.model
-        streaming = self.cfg.dataset.streaming
-        batches_per_epoch = None if streaming else len(self.dataloader)
-        micro_step = self.global_step * training.gradient_accumulation_steps  # batches consumed so far
+        accumulation = training.gradient_accumulation_steps
+        batches_per_epoch = None if self.cfg.dataset.streaming else len(self.dataloader)
+        micro_step = self.global_step * accumulation  # batches consumed so far
         epoch, skip = divmod(micro_step, batches_per_epoch) if batches_per_epoch else (0, micro_step)
-        self.progress = tqdm(
-            total=training.max_train_steps,
-            initial=self.global_step,
-            desc="train",
-            disable=not accelerator.is_local_main_process,
+        self.progress = Progress(
+            training.max_train_steps,
+            self.global_step,
+            self.global_batch,
+            every=training.logging_steps,
+            enabled=accelerator.is_local_main_process,
         )
-        window_finite = True  # every micro-batch of the current accumulation window had a finite loss
+        window = []  # the losses (and extra numbers) of the current accumulation window's micro-batches
         model.train()
         step_start = time.perf_counter()
-        while self.global_step < training.max_train_steps:
+        while not self.finished:
             # The seedable sampler reshuffles per epoch; a streaming dataset reshuffles its buffer per epoch.
             for loader in (self.dataloader, self.dataset):
                 if hasattr(loader, "set_epoch"):
@@ -286,36 +347,46 @@ class TrainLoop:
                 with accelerator.accumulate(model):
                     loss, extras = self.compute_loss(model, images, labels, micro_step)
                     micro_step += 1
-                    # A NaN or inf loss on any process skips the update on every process (the replicas
-                    # stay equal); its gradients would turn every weight into NaN.
-                    losses = accelerator.gather(loss.detach().reshape(1))
-                    finite = bool(torch.isfinite(losses).all())
-                    window_finite = window_finite and finite
-                    if finite:
-                        accelerator.backward(loss)
-                    if accelerator.sync_gradients and window_finite:
-                        if training.max_grad_norm > 0:
-                            accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
-                        self.optimizer.step()
-                        self.lr_scheduler.step()
+                    accelerator.backward(loss)
+                    window.append(torch.stack([loss.detach().float(), *(v.float() for v in extras.values())]))
+                    if accelerator.sync_gradients:
+                        # One collective and one host sync per optimizer step: the global batch's numbers,
+                        # and whether any process was told to stop. A NaN or inf loss on any process skips
+                        # the update on every process (the replicas stay equal): its gradients would turn
+                        # every weight into NaN.
+                        stop = torch.tensor([float(self.signals.signal_name is not None)], device=loss.device)
+                        local = torch.cat([torch.stack(window).mean(0), stop])
+                        numbers = accelerator.gather(local[None]).cpu()
+                        window = []
+                        finite = bool(torch.isfinite(numbers[:, 0]).all())
+                        if finite:
+                            if training.max_grad_norm > 0:
+                                accelerator.clip_grad_norm_(model.parameters(), training.max_grad_norm)
+                            self.optimizer.step()
+                            self.lr_scheduler.step()
                     self.optimizer.zero_grad(set_to_none=True)
                 if not accelerator.sync_gradients:
                     continue
 
                 self.global_step += 1  # a skipped step still counts, so the data position stays step-aligned
-                skipped, window_finite = not window_finite, True
+                skipped = not finite or accelerator.optimizer_step_was_skipped  # fp16: the scaler's overflow
                 self.nonfinite["total"] += skipped
                 self.nonfinite["in_a_row"] = self.nonfinite["in_a_row"] + 1 if skipped else 0
                 if skipped:
-                    self._check_nonfinite(loss)
+                    self._check_nonfinite(numbers[:, 0].tolist())
                 elif self.ema is not None:
                     self.ema.step(self.ema_model(self.unwrapped_model).parameters())
                 self.clock["train_seconds"] += time.perf_counter() - step_start
-                self._log(losses, extras)
+                self._log(numbers[:, :-1].mean(0).tolist(), list(extras))
 
-                if self.global_step % training.checkpointing_steps == 0 and not self.finished:
-                    save_checkpoint(
-                        accelerator, self.output_dir, self.global_step, training.checkpoints_total_limit
+                stopping = bool(numbers[:, -1].max() > 0)
+                if stopping or (self.global_step % training.checkpointing_steps == 0 and not self.finished):
+                    self.save_checkpoint()
+                if stopping:
+                    self.progress.close()
+                    raise TrainingStopped(
+                        f"stopped by {self.signals.signal_name or 'a signal to another process'} after step "
+                        f"{self.global_step}. {self._resume_hint()}"
                     )
                 self.after_step()
                 if self.finished:
@@ -328,24 +399,25 @@ class TrainLoop:
     def finished(self) -> bool:
         return self.global_step >= self.cfg.training.max_train_steps
 
-    def _log(self, losses: torch.Tensor, extras: dict[str, torch.Tensor]) -> None:
+    def _log(self, numbers: list[float], extra_names: list[str]) -> None:
+        loss, *extras = numbers  # means over the processes: the global batch's
         logs = {
-            "loss": losses.mean().item(),  # over the processes: the global batch's loss
+            "loss": loss,
             "lr": self.lr_scheduler.get_last_lr()[0],
             "nonfinite_steps": self.nonfinite["total"],
-            **{k: v.item() for k, v in extras.items()},
         }
+        logs.update(zip(extra_names, extras, strict=True))
         if self.ema is not None:
             logs["ema_decay"] = self.ema.cur_decay_value
-        self.progress.update(1)
-        self.progress.set_postfix(loss=f"{logs['loss']:.4f}", lr=f"{logs['lr']:.2e}")
+        self.progress.update(loss, logs["lr"], self.clock["train_seconds"])
         self.accelerator.log(logs, step=self.global_step)
 
-    def _check_nonfinite(self, loss: torch.Tensor) -> None:
+    def _check_nonfinite(self, losses: list[float]) -> None:
         """Warns about a skipped step; stops the run (every process alike) after `max_nonfinite_steps` in a
         row."""
         in_a_row, step = self.nonfinite["in_a_row"], self.global_step
-        logger.warning(f"step {step}: loss is {loss.item()}, update skipped ({in_a_row} in a row)")
+        what = "the gradients overflowed in fp16" if all(map(math.isfinite, losses)) else f"loss {losses}"
+        logger.warning(f"step {step}: {what}, update skipped ({in_a_row} in a row)")
         if in_a_row >= self.cfg.training.max_nonfinite_steps:
             self.progress.close()  # the error is the last line, not the bar
             raise TrainingError(
@@ -353,6 +425,15 @@ class TrainLoop:
                 "stopped: lower training.learning_rate, keep training.max_grad_norm > 0 or use bf16 rather "
                 "than fp16, then resume with --training.resume_from_checkpoint latest"
             )
+
+    def _resume_hint(self) -> str:
+        """Which checkpoint a resumed run starts from, and the command that resumes."""
+        found = list_checkpoints(self.output_dir)
+        saved = f"The last complete checkpoint is {found[-1]}" if found else "No checkpoint was written yet"
+        script = sys.argv[0]
+        command = f"accelerate launch {script}" if script.endswith(".py") else script
+        config = self.output_dir / "config.yaml"
+        return f"{saved}; resume with: {command} --config {config} --training.resume_from_checkpoint latest"
 
     @contextlib.contextmanager
     def ema_weights(self) -> Iterator[torch.nn.Module]:
@@ -402,7 +483,7 @@ def _flat_hparams(cfg: Any) -> dict:
 def parse_config(schema: type, argv: list[str] | None = None, description: str | None = None) -> Any:
     """The config of a training command line: `--config FILE` and any `--SECTION.KEY VALUE` overrides; a
     bad file or key exits with argparse's usage and a one-line error."""
-    parser = argparse.ArgumentParser(description=(description or "").strip().splitlines()[0] or None)
+    parser = ArgumentParser(description=next(iter((description or "").strip().splitlines()), None))
     sections = ", ".join(typing.get_type_hints(schema))
     parser.add_argument("--config", help=f"YAML file with sections {sections}")
     args, overrides = parser.parse_known_args(argv)
@@ -417,19 +498,32 @@ def run_cli(
 ) -> None:
     """A training command line: reads the config (`parse_config`), runs `trainer_class(cfg).train()` with
     logging to stderr, and turns each error the user can fix (a `TrainingError`, a checkpoint that cannot be
-    written, a full disk) into one line and exit status 1."""
+    written, a full disk) into one line and exit status 1, and a stop on a signal into one line and
+    `REQUEUE_EXIT_CODE`. With several processes, the main one prints the line."""
     cfg = parse_config(trainer_class.config_class, argv, description)
     logging.basicConfig(
         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO
     )
+    main = int(os.environ.get("RANK", "0")) == 0
     try:
         trainer_class(cfg).train()
+    except TrainingStopped as stop:
+        _exit(main, str(stop), REQUEUE_EXIT_CODE)
+    except FailedElsewhere:
+        _exit(False, "", 1)
     except (TrainingError, CheckpointWriteError) as err:
-        sys.exit(f"error: {err}")
+        _exit(main or not isinstance(err, CheckpointWriteError), f"error: {err}", 1)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        sys.exit(
+        message = (
             f"error: no space left on the device writing {err.filename}: free space or choose another "
             "training.output_dir, then resume with --training.resume_from_checkpoint latest"
         )
+        _exit(True, message, 1)
+
+
+def _exit(say: bool, line: str, status: int) -> None:
+    if say:
+        print(line, file=sys.stderr, flush=True)
+    sys.exit(status)
