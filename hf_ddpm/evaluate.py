@@ -46,15 +46,23 @@ class Reference:
     inception_stats: dict[int, tuple[torch.Tensor, torch.Tensor]] = field(default_factory=dict)
 
 
+def default_device() -> str:
+    """`cuda` where a GPU is, else `cpu`: the default `--device` of the sampling and scoring commands."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def dataset_key(dataset: str) -> str:
     """`ylecun/mnist`, `/data/mnist` and `mnist` all name the `mnist` classifier."""
     return dataset.rstrip("/").split("/")[-1]
 
 
-def load_reference(dataset: str, classifier: str | None = None) -> Reference:
+def load_reference(
+    dataset: str, classifier: str | None = None, device: str | torch.device = "cpu"
+) -> Reference:
+    """The test split of `dataset` and its classifier (on `device`, where the scoring then runs)."""
     test_images, _, _ = load_labeled_split(dataset, "test")
     name = classifier or dataset_key(dataset)
-    model = load_classifier(name)
+    model = load_classifier(name, device)
     return Reference(dataset, name, test_images, model, reference_stats(model, test_images))
 
 
@@ -89,7 +97,7 @@ def score(
     result = classifier_metrics(images, ref.classifier, ref.stats, labels)
     if inception_images:
         n = min(inception_images, len(images), len(ref.test_images))
-        model = load_inception()
+        model = load_inception(next(ref.classifier.parameters()).device)
         if n not in ref.inception_stats:
             ref.inception_stats[n] = gaussian_stats(
                 inception_features(random_subset(ref.test_images, n), model)
@@ -183,6 +191,9 @@ def main(argv: list[str] | None = None) -> None:
         "--inception-images", type=at_least(0), default=0, help="also Inception FID on this many (0 or >= 2)"
     )
     parser.add_argument("--floor-only", action="store_true", help="score real train images only")
+    parser.add_argument(
+        "--device", default=default_device(), help="cuda (the default where there is one) or cpu"
+    )
     parser.add_argument("--out", help="JSON file (default MODEL/eval.json)")
     args = parser.parse_args(argv)
     if args.inception_images == 1:
@@ -196,13 +207,13 @@ def main(argv: list[str] | None = None) -> None:
         parser.error("--dataset is required: the model folder has no config.yaml naming its data")
 
     try:
-        ref = load_reference(dataset, args.classifier)
+        ref = load_reference(dataset, args.classifier, args.device)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         parser.error(str(err))
     sampling, guidance = {}, args.guidance_scale
     if not args.floor_only:
         try:
-            pipeline = load_pipeline(args.model, args.sampler)
+            pipeline = load_pipeline(args.model, args.sampler, args.device)
         except ValueError as err:
             parser.error(str(err))
         sampling = {"model": str(args.model), "sampler": args.sampler, "steps": args.steps, "seed": args.seed}

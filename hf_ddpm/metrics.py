@@ -142,7 +142,9 @@ def _resize_like_tf(x: torch.Tensor, size: int) -> torch.Tensor:
     reference FID code fed Inception: sample positions are src = dst * in / out, clamped at the border.
     """
     n, _, h, w = x.shape
-    theta = torch.tensor([[1.0, 0, 1 / w - 1 / size], [0, 1.0, 1 / h - 1 / size]], dtype=x.dtype)
+    theta = torch.tensor(
+        [[1.0, 0, 1 / w - 1 / size], [0, 1.0, 1 / h - 1 / size]], dtype=x.dtype, device=x.device
+    )
     grid = F.affine_grid(theta.expand(n, 2, 3), [n, x.shape[1], size, size], align_corners=False)
     return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 

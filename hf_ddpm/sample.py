@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 
 from .arguments import ArgumentParser, at_least, non_negative
+from .evaluate import default_device
 from .samplers import SAMPLERS
 
 
@@ -34,7 +35,9 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--guidance-scale", type=non_negative, help="class-conditional models: w of the guidance (>= 0)"
     )
-    parser.add_argument("--device", default="cuda" if _cuda() else "cpu")
+    parser.add_argument(
+        "--device", default=default_device(), help="cuda (the default where there is one) or cpu"
+    )
     parser.add_argument("--out", default="grid.png", help="PNG file for the grid")
     args = parser.parse_args(argv)
 
@@ -54,12 +57,6 @@ def main(argv: list[str] | None = None) -> None:
     path = save_grid(images, args.out, cols=grid_columns(pipeline))
     per_image = seconds / args.num_images
     print(f"{args.num_images} images, {sampler} {steps} steps, {per_image:.3f} s/image -> {path}")
-
-
-def _cuda() -> bool:
-    import torch
-
-    return torch.cuda.is_available()
 
 
 if __name__ == "__main__":

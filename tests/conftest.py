@@ -4,7 +4,7 @@ Every test runs on data the repository carries: the MNIST sample bundled with hf
 (`hf_ddpm/sample_data/mnist`, 5,000 training and 1,000 test digits) and a small texture set generated here.
 Tests that need the full MNIST splits or the real texture set take the `shared_data` fixture: they run when
 $HF_DDPM_DATA_DIR names a folder holding `mnist/` and `textures/`, are marked `full_data`, and skip with the
-reason otherwise.
+reason otherwise. Tests marked `gpu` run only where CUDA is.
 """
 
 import io
@@ -17,16 +17,23 @@ import pytest
 from hf_ddpm.data import SAMPLE_DATA
 
 FULL_DATA = "full_data"
+GPU = "gpu"
 
 
 def pytest_configure(config):
     config.addinivalue_line("markers", f"{FULL_DATA}: needs the full data sets in $HF_DDPM_DATA_DIR")
+    config.addinivalue_line("markers", f"{GPU}: needs a CUDA GPU (skipped without one)")
 
 
 def pytest_collection_modifyitems(config, items):
+    import torch
+
+    no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:
         if "shared_data" in getattr(item, "fixturenames", ()):
             item.add_marker(FULL_DATA)
+        if GPU in item.keywords and not torch.cuda.is_available():
+            item.add_marker(no_gpu)
 
 
 @pytest.fixture(scope="session")

@@ -10,7 +10,8 @@ runs, and the environment says what to do to it:
                      grid:N        half-way through writing samples/step_N.png
                      export        in the final export, after unet/ and before model_index.json
     HF_DDPM_RECORD   a folder: each process appends to rank{R}.jsonl its process id, then one hash per image
-                     of every batch it trains on, and a hash of its EMA weights after every update.
+                     of every batch it trains on, a hash of its EMA weights after every update, and one hash
+                     per row it decodes from a stream.
     HF_DDPM_NO_ROOM_RANK  R: from its first checkpoint on, process R may not grow any file (its file size
                      limit drops to 0, so its writes fail with EFBIG, an error of the operating system).
 """
@@ -26,6 +27,7 @@ from pathlib import Path
 import accelerate.checkpointing
 from diffusers.training_utils import EMAModel
 
+import hf_ddpm.data
 import hf_ddpm.training.diffusion as train
 from hf_ddpm.training import DiffusionTrainer, run_cli
 
@@ -96,6 +98,12 @@ def to_model_range(images, *args, **kwargs):
     return to_model_range.original(images, *args, **kwargs)
 
 
+def row_to_array(*args, **kwargs):
+    array = row_to_array.original(*args, **kwargs)
+    record({"decoded": hashlib.sha1(array.tobytes()).hexdigest()[:12]})
+    return array
+
+
 def ema_step(self, parameters):
     ema_step.original(self, parameters)
     digest = hashlib.sha1(b"".join(p.detach().cpu().numpy().tobytes() for p in self.shadow_params))
@@ -118,6 +126,7 @@ if RECORD:
     record({"pid": os.getpid()})
     patch(train, "to_model_range", to_model_range)
     patch(EMAModel, "step", ema_step)
+    patch(hf_ddpm.data, "_row_to_array", row_to_array)
 
 if __name__ == "__main__":
     run_cli(DiffusionTrainer)

@@ -72,9 +72,8 @@ class DiffusionTrainer(TrainLoop):
         cfg = self.cfg
         dataset, info = super().load_data()
         if cfg.training.eval_every and self.accelerator.is_main_process:
-            self.reference = load_reference(
-                cfg.dataset.path or cfg.dataset.name, cfg.training.eval_classifier
-            )
+            source = cfg.dataset.path or cfg.dataset.name
+            self.reference = load_reference(source, cfg.training.eval_classifier, self.accelerator.device)
         if cfg.model.class_conditional:
             if not info.class_names:
                 raise ValueError(
@@ -83,11 +82,24 @@ class DiffusionTrainer(TrainLoop):
                     "model.class_conditional false"
                 )
             self.components["id2label"] = dict(enumerate(info.class_names))
+            if not cfg.dataset.streaming and (dataset.tensors[1] < 0).any():
+                raise ValueError(self._unlabelled_rows())
         if cfg.model.latent_autoencoder:
             vae = load_autoencoder(cfg.model.latent_autoencoder, info.channels, self.accelerator.device)
             dataset = encode_dataset(vae, dataset, cfg.dataset.random_flip)
             self.components["vae"] = vae
         return dataset, info
+
+    def check_batch(self, labels: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+        if self.components["id2label"] and (labels < 0).any():
+            return labels.clamp(min=0), self._unlabelled_rows()  # usable until every process stops
+        return labels, None
+
+    def _unlabelled_rows(self) -> str:
+        return (
+            f"rows without a label in {self.cfg.dataset.label_column!r}: a class-conditional model needs "
+            "every row labelled (filter the data or set model.class_conditional false)"
+        )
 
     @property
     def sample_shape(self) -> tuple[int, int]:
@@ -137,12 +149,7 @@ class DiffusionTrainer(TrainLoop):
                 x0 = torch.where(draws.flip[:, None, None, None], x0.flip(-1), x0)
         class_labels = None
         id2label = self.components["id2label"]
-        if id2label:
-            if (labels < 0).any():
-                raise TrainingError(
-                    f"rows without a label in {cfg.dataset.label_column!r}: a class-conditional model needs "
-                    "every row labelled (filter the data or set model.class_conditional false)"
-                )
+        if id2label:  # labels were checked when loaded (in memory) or by `check_batch` (streamed)
             class_labels = torch.where(draws.drop, len(id2label), labels)  # the null class
         num_train_timesteps = self.scheduler.config.num_train_timesteps
         if cfg.diffusion.flow_matching:

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import itertools
 import logging
 import math
 import os
@@ -77,8 +78,9 @@ class FailedElsewhere(TrainingError):
 
 
 def build_accelerator(training: LoopConfig, output_dir: Path) -> Accelerator:
-    """The run's `Accelerator`: precision, gradient accumulation, trackers, and a seedable sampler, so that
-    the data order depends on the seed and the epoch alone and a resumed run sees the same batches."""
+    """The run's `Accelerator`: precision (`training.mixed_precision`, or the launcher's when that is null),
+    gradient accumulation, trackers, and a seedable sampler, so that the data order depends on the seed and
+    the epoch alone and a resumed run sees the same batches. Batches reach a GPU without blocking."""
     return Accelerator(
         mixed_precision=training.mixed_precision,
         gradient_accumulation_steps=training.gradient_accumulation_steps,
@@ -86,8 +88,23 @@ def build_accelerator(training: LoopConfig, output_dir: Path) -> Accelerator:
         project_config=ProjectConfiguration(
             project_dir=str(output_dir), logging_dir=str(output_dir / "logs")
         ),
-        dataloader_config=DataLoaderConfiguration(use_seedable_sampler=True, data_seed=training.seed),
+        dataloader_config=DataLoaderConfiguration(
+            use_seedable_sampler=True, data_seed=training.seed, non_blocking=torch.cuda.is_available()
+        ),
     )
+
+
+def describe_precision(training: LoopConfig, accelerator: Accelerator) -> str:
+    """The precision a run uses and where it comes from, naming a launcher's precision that it overrides."""
+    launcher = os.environ.get("ACCELERATE_MIXED_PRECISION")
+    if training.mixed_precision is None:
+        return (
+            f"mixed precision {accelerator.mixed_precision} (from accelerate: launcher or accelerate config)"
+        )
+    note = ""
+    if launcher and launcher != training.mixed_precision:
+        note = f"; it overrides the launcher's --mixed_precision {launcher} (set it null to use that)"
+    return f"mixed precision {accelerator.mixed_precision} (training.mixed_precision){note}"
 
 
 def build_optimizer(parameters, training: LoopConfig) -> torch.optim.AdamW:
@@ -101,13 +118,17 @@ def build_optimizer(parameters, training: LoopConfig) -> torch.optim.AdamW:
 
 
 def build_dataloader(dataset, training: LoopConfig, shuffle: bool = True) -> DataLoader:
-    # drop_last: every step sees a full batch, so the random numbers of a step have a fixed shape.
+    # drop_last: every step sees a full batch, so the random numbers of a step have a fixed shape. Workers
+    # live across epochs, and batches are pinned for a GPU's asynchronous copy.
+    workers = training.dataloader_num_workers
     return DataLoader(
         dataset,
         batch_size=training.train_batch_size,
         shuffle=shuffle,
         drop_last=True,
-        num_workers=training.dataloader_num_workers,
+        num_workers=workers,
+        persistent_workers=workers > 0,
+        pin_memory=torch.cuda.is_available(),
     )
 
 
@@ -119,6 +140,7 @@ def build_ema(model: torch.nn.Module, training: LoopConfig) -> EMAModel:
         use_ema_warmup=training.ema_warmup,
         inv_gamma=training.ema_inv_gamma,
         power=training.ema_power,
+        foreach=True,  # one fused update for all weights instead of one kernel per tensor
         model_cls=type(model),
         model_config=model.config,
     )
@@ -150,7 +172,19 @@ class TrainLoop:
 
     def load_data(self) -> tuple[torch.utils.data.Dataset, DatasetInfo]:
         """The training split as `(uint8 image, label)` rows."""
-        return load_image_dataset(self.cfg.dataset, seed=self.cfg.training.seed, progress=sys.stderr.isatty())
+        # Streamed rows are split between the processes here: each one decodes only its own share.
+        return load_image_dataset(
+            self.cfg.dataset,
+            seed=self.cfg.training.seed,
+            rank=self.accelerator.process_index,
+            world_size=self.accelerator.num_processes,
+            progress=sys.stderr.isatty(),
+        )
+
+    def check_batch(self, labels: torch.Tensor) -> tuple[torch.Tensor, str | None]:
+        """A streamed batch's labels (on the CPU), made usable, and what is wrong with them (None: nothing).
+        Every process finishes the step before all of them stop on a problem, so none waits for another."""
+        return labels, None
 
     def build_model(self) -> torch.nn.Module:
         """The module accelerate prepares and the optimizer trains (called after `load_data`)."""
@@ -207,7 +241,14 @@ class TrainLoop:
 
     def _set_up(self) -> None:
         training = self.cfg.training
-        self.accelerator = build_accelerator(training, self.output_dir)
+        self.accelerator = self.make_accelerator()
+        logger.info(describe_precision(training, self.accelerator))
+        training.mixed_precision = self.accelerator.mixed_precision  # what config.yaml records
+        if self.accelerator.device.type == "cuda" and training.mixed_precision == "no":
+            # fp32 matmuls and convolutions on tensor cores (TF32), and cuDNN's fastest kernels for these
+            # fixed shapes: faster, at the price of bitwise reproducibility on GPUs.
+            torch.backends.cuda.matmul.allow_tf32 = torch.backends.cudnn.allow_tf32 = True
+        torch.backends.cudnn.benchmark = self.accelerator.device.type == "cuda"
         if self.accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED):
             raise TrainingError(
                 f"hf-ddpm does not support {self.accelerator.distributed_type.value} yet: its EMA, sample "
@@ -227,7 +268,8 @@ class TrainLoop:
             self.ema = build_ema(self.ema_model(model), training)
             self.ema.to(self.accelerator.device)
         optimizer = build_optimizer(model.parameters(), training)
-        dataloader = build_dataloader(self.dataset, training, shuffle=not self.cfg.dataset.streaming)
+        streaming = self.cfg.dataset.streaming
+        dataloader = build_dataloader(self.dataset, training, shuffle=not streaming)
         # The prepared LR scheduler steps once per process per optimizer step, hence the scaling.
         lr_scheduler = get_scheduler(
             training.lr_scheduler,
@@ -235,9 +277,15 @@ class TrainLoop:
             num_warmup_steps=training.lr_warmup_steps * self.accelerator.num_processes,
             num_training_steps=training.max_train_steps * self.accelerator.num_processes,
         )
-        self.model, self.optimizer, self.dataloader, self.lr_scheduler = self.accelerator.prepare(
-            model, optimizer, dataloader, lr_scheduler
-        )
+        if streaming:  # already split between the processes: accelerate must not split or dispatch it again
+            self.model, self.optimizer, self.lr_scheduler = self.accelerator.prepare(
+                model, optimizer, lr_scheduler
+            )
+            self.dataloader = dataloader
+        else:
+            self.model, self.optimizer, self.dataloader, self.lr_scheduler = self.accelerator.prepare(
+                model, optimizer, dataloader, lr_scheduler
+            )
         self._register_clock()
         if self.ema is not None:
             register_ema(self.accelerator, self.ema, type(self.ema_model(model)), self.ema_folder)
@@ -250,6 +298,9 @@ class TrainLoop:
             f"{self.info.num_rows} images from {self.info.source}; {self.describe()}; "
             f"{self.accelerator.num_processes} process(es), global batch {self.global_batch}"
         )
+
+    def make_accelerator(self) -> Accelerator:
+        return build_accelerator(self.cfg.training, self.output_dir)
 
     def _prepare_output_dir(self) -> None:
         try:
@@ -274,7 +325,9 @@ class TrainLoop:
 
     @property
     def unwrapped_model(self) -> torch.nn.Module:
-        return self.accelerator.unwrap_model(self.model)
+        """The model without DDP's and torch.compile's wrappers: its weights' names are the model's own
+        (`_orig_mod.` would make resume refuse every checkpoint), and grids run it uncompiled."""
+        return self.accelerator.unwrap_model(self.model, keep_torch_compile=False)
 
     def on_main_process(self, work: Callable[[], Any]) -> Any:
         """Runs `work()` on the main process and returns its result there (None elsewhere). Every process
@@ -334,6 +387,8 @@ class TrainLoop:
             enabled=accelerator.is_local_main_process,
         )
         window = []  # the losses (and extra numbers) of the current accumulation window's micro-batches
+        problem = None  # what a streamed batch had wrong, for every process to stop on together
+        streaming = self.cfg.dataset.streaming
         model.train()
         step_start = time.perf_counter()
         while not self.finished:
@@ -341,9 +396,17 @@ class TrainLoop:
             for loader in (self.dataloader, self.dataset):
                 if hasattr(loader, "set_epoch"):
                     loader.set_epoch(epoch)
-            batches = accelerator.skip_first_batches(self.dataloader, skip) if skip else self.dataloader
+            if streaming:  # not prepared by accelerate: skipping means reading past the batches
+                batches = itertools.islice(self.dataloader, skip, None)
+            else:
+                batches = accelerator.skip_first_batches(self.dataloader, skip) if skip else self.dataloader
             skip = 0
             for images, labels in batches:
+                if streaming:
+                    labels, found = self.check_batch(labels)
+                    problem = problem or found
+                    images = images.to(accelerator.device, non_blocking=True)
+                    labels = labels.to(accelerator.device, non_blocking=True)
                 with accelerator.accumulate(model):
                     loss, extras = self.compute_loss(model, images, labels, micro_step)
                     micro_step += 1
@@ -351,13 +414,17 @@ class TrainLoop:
                     window.append(torch.stack([loss.detach().float(), *(v.float() for v in extras.values())]))
                     if accelerator.sync_gradients:
                         # One collective and one host sync per optimizer step: the global batch's numbers,
-                        # and whether any process was told to stop. A NaN or inf loss on any process skips
-                        # the update on every process (the replicas stay equal): its gradients would turn
-                        # every weight into NaN.
-                        stop = torch.tensor([float(self.signals.signal_name is not None)], device=loss.device)
-                        local = torch.cat([torch.stack(window).mean(0), stop])
-                        numbers = accelerator.gather(local[None]).cpu()
+                        # whether any process was told to stop, and whether any found a problem in its data.
+                        # A NaN or inf loss on any process skips the update on every process (the replicas
+                        # stay equal): its gradients would turn every weight into NaN.
+                        flags = [self.signals.signal_name is not None, problem is not None]
+                        local = torch.cat(
+                            [torch.stack(window).mean(0), torch.tensor(flags, device=loss.device)]
+                        )
+                        numbers = accelerator.gather(local[None].float()).cpu()
                         window = []
+                        if numbers[:, -1].max() > 0:
+                            self._stop_on_problem(problem)
                         finite = bool(torch.isfinite(numbers[:, 0]).all())
                         if finite:
                             if training.max_grad_norm > 0:
@@ -377,9 +444,9 @@ class TrainLoop:
                 elif self.ema is not None:
                     self.ema.step(self.ema_model(self.unwrapped_model).parameters())
                 self.clock["train_seconds"] += time.perf_counter() - step_start
-                self._log(numbers[:, :-1].mean(0).tolist(), list(extras))
+                self._log(numbers[:, :-2].mean(0).tolist(), list(extras))
 
-                stopping = bool(numbers[:, -1].max() > 0)
+                stopping = bool(numbers[:, -2].max() > 0)
                 if stopping or (self.global_step % training.checkpointing_steps == 0 and not self.finished):
                     self.save_checkpoint()
                 if stopping:
@@ -394,6 +461,16 @@ class TrainLoop:
                 step_start = time.perf_counter()
             epoch += 1
         self.progress.close()
+
+    def _stop_on_problem(self, problem: str | None) -> None:
+        """Every process raises the problem one of them found (the main process prints it)."""
+        problems = [problem]
+        if self.accelerator.num_processes > 1:
+            from accelerate.utils import gather_object
+
+            problems = gather_object([problem])
+        self.progress.close()
+        raise TrainingError(next(p for p in problems if p))
 
     @property
     def finished(self) -> bool:
@@ -511,8 +588,8 @@ def run_cli(
         _exit(main, str(stop), REQUEUE_EXIT_CODE)
     except FailedElsewhere:
         _exit(False, "", 1)
-    except (TrainingError, CheckpointWriteError) as err:
-        _exit(main or not isinstance(err, CheckpointWriteError), f"error: {err}", 1)
+    except (TrainingError, CheckpointWriteError) as err:  # raised on every process alike: one says it
+        _exit(main, f"error: {err}", 1)
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
