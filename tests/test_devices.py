@@ -14,7 +14,6 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from safetensors import safe_open
 
