@@ -3,7 +3,6 @@ used from a folder outside the repository (package data, console command, offlin
 
 import json
 import os
-import site
 import subprocess
 import sys
 import textwrap
@@ -54,7 +53,9 @@ def installed(tmp_path_factory) -> Path:
     venv = root / "venv"
     run([sys.executable, "-m", "venv", venv])
     (purelib,) = (venv / "lib").glob("python3*/site-packages")
-    (purelib / "_requirements.pth").write_text("\n".join(site.getsitepackages()) + "\n")
+    # Every site-packages folder this interpreter reads (a .pth file may have added some), as path lines.
+    folders = [p for p in sys.path if p.endswith("site-packages")]
+    (purelib / "_requirements.pth").write_text("\n".join(folders) + "\n")
     run([venv / "bin" / "python", "-m", "pip", "install", "--no-deps", "--no-index", wheel])
     return venv / "bin"
 
