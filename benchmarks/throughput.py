@@ -56,6 +56,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import Config, load_config
 from hf_ddpm.data import DATA_DIR_ENV, load_image_dataset, to_model_range
+from hf_ddpm.evaluate import default_device
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.model_card import cpu_model
 from hf_ddpm.models import build_unet
@@ -109,6 +110,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--skip-train-script", action="store_true", help="do not launch training/train.py")
     parser.add_argument("--skip-compile", action="store_true", help="leave out the torch.compile variants")
     parser.add_argument("--json", type=Path, help="also write the numbers to this file")
+    parser.add_argument(
+        "--device", default=default_device(), help="cuda (the default where there is one) or cpu"
+    )
     return parser.parse_args(argv)
 
 
@@ -155,17 +159,25 @@ def _load_average() -> str:
     return " ".join(f"{load:.2f}" for load in os.getloadavg())
 
 
-def matmul_rate(dtype: torch.dtype, n: int = MATMUL_SIZE, repeats: int = 5) -> float:
+def matmul_rate(dtype: torch.dtype, n: int = MATMUL_SIZE, repeats: int = 5, device: str = "cpu") -> float:
     """Best FLOP/s of an n x n matmul: the ceiling that the model's convolutions and matmuls can reach."""
-    a = torch.randn(n, n).to(dtype)
-    b = torch.randn(n, n).to(dtype)
-    torch.mm(a, b)  # the first call pays for oneDNN's kernel selection
+    a = torch.randn(n, n, device=device).to(dtype)
+    b = torch.randn(n, n, device=device).to(dtype)
+    torch.mm(a, b)  # the first call pays for the kernel selection
     best = float("inf")
     for _ in range(repeats):
+        synchronize(device)
         start = time.perf_counter()
         torch.mm(a, b)
+        synchronize(device)
         best = min(best, time.perf_counter() - start)
     return 2 * n**3 / best
+
+
+def synchronize(device: str | torch.device) -> None:
+    """Waits for the GPU's queued work, so that the clock measures it (a no-op on the CPU)."""
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -192,9 +204,10 @@ class PlainLoop:
     rng: torch.Generator
     loss_options: dict[str, Any]
     bf16: bool = False
+    device: str = "cpu"
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.bf16):
+        with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16):
             return diffusion_loss(self.model, self.scheduler, x0, generator=self.rng, **self.loss_options)
 
     def step(self, x0: torch.Tensor) -> None:
@@ -203,25 +216,32 @@ class PlainLoop:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def build_plain_loop(cfg: Config, channels: int, bf16: bool = False) -> PlainLoop:
-    """A fresh UNet with the AdamW that train.py gives it; seeded, so every variant starts alike."""
+def build_plain_loop(cfg: Config, channels: int, bf16: bool = False, device: str = "cpu") -> PlainLoop:
+    """A fresh UNet on `device` with train.py's AdamW; seeded, so every variant starts alike."""
     t = cfg.training
     set_seed(t.seed)
     model = build_unet(cfg.model.preset, cfg.dataset.image_size, channels, **cfg.model.unet_kwargs())
-    model.train()
+    model.to(device).train()
     optimizer = build_optimizer(model.parameters(), t)
     scheduler = LinearNoiseScheduler(**cfg.diffusion.scheduler_kwargs())
     # train.py passes its Min-SNR weighting on to the loss when the config sets one.
     snr_gamma = getattr(t, "snr_gamma", None)
     options = {"snr_gamma": snr_gamma} if snr_gamma is not None else {}
-    return PlainLoop(model, optimizer, scheduler, torch.Generator().manual_seed(t.seed), options, bf16)
+    generator = torch.Generator(device).manual_seed(t.seed)
+    return PlainLoop(model, optimizer, scheduler, generator, options, bf16, device)
 
 
 def time_plain(
-    variant: Variant, cfg: Config, batches: list[torch.Tensor], steps: int, cache_root: Path
+    variant: Variant,
+    cfg: Config,
+    batches: list[torch.Tensor],
+    steps: int,
+    cache_root: Path,
+    device: str = "cpu",
 ) -> dict[str, float]:
-    """ms per step of the plain loop after warm-up; for compiled models also the compile time."""
-    loop = build_plain_loop(cfg, batches[0].shape[1], variant.bf16)
+    """ms per step of the plain loop on `device` after warm-up; for compiled models also the compile time."""
+    loop = build_plain_loop(cfg, batches[0].shape[1], variant.bf16, device)
+    batches = [b.to(device) for b in batches]
     compile_seconds = 0.0
     with _fresh_inductor_cache(cache_root / variant.name.replace(" ", "")):
         if variant.compile:
@@ -229,12 +249,15 @@ def time_plain(
             loop.model = torch.compile(loop.model)
             start = time.perf_counter()
             loop.step(batches[0])
+            synchronize(device)
             compile_seconds = time.perf_counter() - start
         for i in range(EAGER_WARMUP):
             loop.step(batches[i % len(batches)])
+        synchronize(device)
         start = time.perf_counter()
         for i in range(steps):
             loop.step(batches[i % len(batches)])
+        synchronize(device)
         seconds = (time.perf_counter() - start) / steps
     if variant.compile:
         compile_seconds -= seconds  # the first call also did one ordinary step
@@ -338,11 +361,13 @@ def _no_evaluation(cfg: Config) -> list[str]:
     return ["--training.eval_every", "0"] if hasattr(cfg.training, "eval_every") else []
 
 
-def launch_train(variant: Variant, cfg: Config, steps: int) -> Launch:
+def launch_train(variant: Variant, cfg: Config, steps: int, device: str = "cpu") -> Launch:
     with tempfile.TemporaryDirectory(prefix="hf-ddpm-throughput-") as tmp:
         cache = Path(tmp) / "inductor"
         # A fresh cache per launch: both launches compile from scratch, so compilation cancels.
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(cache)}
+        if torch.device(device).type == "cpu":  # train.py takes a GPU where there is one: not here
+            env["CUDA_VISIBLE_DEVICES"] = ""
         command = train_command(variant, cfg, steps, Path(tmp) / "run")
         start = time.perf_counter()
         done = subprocess.run(command, cwd=REPO, env=env, capture_output=True, text=True)
@@ -360,11 +385,13 @@ def _error_line(output: str) -> str:
     return (errors or lines or ["no output"])[-1]
 
 
-def time_train_script(variant: Variant, cfg: Config, train_steps: tuple[int, int]) -> dict[str, Any]:
+def time_train_script(
+    variant: Variant, cfg: Config, train_steps: tuple[int, int], device: str = "cpu"
+) -> dict[str, Any]:
     launches = []
     for steps in train_steps:
         log(f"train.py {variant.name}, max_train_steps {steps}")
-        launches.append(launch_train(variant, cfg, steps))
+        launches.append(launch_train(variant, cfg, steps, device))
         if launches[-1].error:
             log(f"  failed: {launches[-1].error}")
             break
@@ -511,7 +538,9 @@ def main(argv: list[str] | None = None) -> None:
 
     results: dict[str, Any] = {"machine": machine_info(), "settings": {**vars(args), "json": str(args.json)}}
     log("matmul rates")
-    results["matmul_flops"] = {name: matmul_rate(dtype) for name, dtype in MATMUL_DTYPES.items()}
+    results["matmul_flops"] = {
+        name: matmul_rate(dtype, device=args.device) for name, dtype in MATMUL_DTYPES.items()
+    }
     log("loading the data set")
     dataset, _info = load_image_dataset(cfg.dataset, seed=cfg.training.seed, progress=False)
     batches = make_batches(dataset, args.batch_size)
@@ -520,7 +549,9 @@ def main(argv: list[str] | None = None) -> None:
     with tempfile.TemporaryDirectory(prefix="hf-ddpm-inductor-") as cache_root:
         for variant in variants:
             log(f"plain loop {variant.name}")
-            results["plain"][variant.name] = time_plain(variant, cfg, batches, args.steps, Path(cache_root))
+            results["plain"][variant.name] = time_plain(
+                variant, cfg, batches, args.steps, Path(cache_root), args.device
+            )
 
     log("data loading and accelerate's bf16")
     accelerator = make_accelerator(cfg, Path(tempfile.mkdtemp(prefix="hf-ddpm-throughput-")))
@@ -530,7 +561,7 @@ def main(argv: list[str] | None = None) -> None:
     results["train"] = {}
     if not args.skip_train_script:
         for variant in variants:
-            results["train"][variant.name] = time_train_script(variant, cfg, args.train_steps)
+            results["train"][variant.name] = time_train_script(variant, cfg, args.train_steps, args.device)
 
     results["machine"]["load average at end"] = _load_average()
     print_report(results, args)
