@@ -2,7 +2,8 @@
 torch.compile, then the `tutorial` preset trained for the time left, all written to one folder.
 
     benchmarks/device_check.sh OUT                      # on a GPU machine: at most --budget-minutes in all
-    benchmarks/device_check.sh OUT --device cpu --presets tiny --budget-minutes 3 --steps 6   # dry run
+    benchmarks/device_check.sh OUT --device cpu --presets tiny --budget-minutes 4 --steps 6 \
+        --dynamo-backend eager                          # the CPU dry run: every step, small and quick
 
 `device_check.sh` first installs the wheels of `.whl/` (for a machine without diffusers or datasets) and this
 package, then runs this script. What OUT receives (at most 8 files, none over 15 MB, for a copy back):
@@ -89,7 +90,7 @@ def gpu_tests(out: Path) -> dict:
     return {"exit_status": result.returncode, "summary": summary, **counts}
 
 
-def train_rate(preset: str, batch: int, steps: int, compiled: bool, data: Path, device: str) -> dict:
+def train_rate(preset: str, batch: int, steps: int, backend: str | None, data: Path, device: str) -> dict:
     """img/s of train.py over its steps after the first, from its own log line (the training clock)."""
     with tempfile.TemporaryDirectory() as tmp:
         args = [
@@ -104,7 +105,7 @@ def train_rate(preset: str, batch: int, steps: int, compiled: bool, data: Path, 
         env = {**os.environ, "TORCHINDUCTOR_CACHE_DIR": str(Path(tmp) / "inductor")}
         if torch.device(device).type == "cpu":
             env["CUDA_VISIBLE_DEVICES"] = ""
-        launch = accelerate_launch(TRAIN, *args, dynamo_backend="inductor" if compiled else "no", threads=8)
+        launch = accelerate_launch(TRAIN, *args, dynamo_backend=backend or "no", threads=8)
         start = time.perf_counter()
         result = subprocess.run(launch, cwd=REPO, env=env, capture_output=True, text=True)
         seconds = time.perf_counter() - start
@@ -114,7 +115,7 @@ def train_rate(preset: str, batch: int, steps: int, compiled: bool, data: Path, 
     return {"img_per_s": float(match[-1]), "launch_s": seconds}
 
 
-def throughput(presets: list[str], batch: int, steps: int, data: Path, device: str) -> dict:
+def throughput(presets: list[str], batch: int, steps: int, data: Path, device: str, backend: str) -> dict:
     """Per preset: the plain loop and train.py, bf16, eager and compiled, with achieved TFLOP/s."""
     dataset, _ = load_image_dataset(
         load_config_for("small", batch, data).dataset, progress=False
@@ -130,9 +131,9 @@ def throughput(presets: list[str], batch: int, steps: int, data: Path, device: s
             variant = Variant(bf16=True, compile=compiled)
             log(f"{preset}: plain loop {variant.name}")
             with tempfile.TemporaryDirectory() as cache:
-                plain = time_plain(variant, cfg, batches, steps, Path(cache), device)
+                plain = time_plain(variant, cfg, batches, steps, Path(cache), device, backend)
             log(f"{preset}: train.py {variant.name}")
-            train = train_rate(preset, batch, steps, compiled, data, device)
+            train = train_rate(preset, batch, steps, backend if compiled else None, data, device)
             row = {"plain_ms_per_step": plain["ms_per_step"], "plain_compile_s": plain["compile_s"]}
             row["plain_img_per_s"] = batch / (plain["ms_per_step"] / 1e3)
             row["plain_tflops"] = flops * row["plain_img_per_s"] / batch / 1e12
@@ -151,7 +152,9 @@ def load_config_for(preset: str, batch: int, data: Path):
     return cfg
 
 
-def train_tutorial(out: Path, seconds: float, step_s: float, compiled: bool, data: Path, device: str) -> dict:
+def train_tutorial(
+    out: Path, seconds: float, step_s: float, backend: str | None, data: Path, device: str
+) -> dict:
     """mnist-tutorial.yaml for `seconds` of steps (at `step_s` each); the EMA pipeline packed into OUT."""
     steps = max(1, math.floor(seconds / step_s))
     run = Path(tempfile.mkdtemp()) / "ddpm-mnist-tutorial"
@@ -173,10 +176,10 @@ def train_tutorial(out: Path, seconds: float, step_s: float, compiled: bool, dat
     log(f"training the tutorial preset for {steps} steps (about {seconds / 60:.1f} min)")
     start = time.perf_counter()
     result = subprocess.run(
-        accelerate_launch(TRAIN, *args, dynamo_backend="inductor" if compiled else "no", threads=8),
+        accelerate_launch(TRAIN, *args, dynamo_backend=backend or "no", threads=8),
         cwd=REPO, env=env, capture_output=True, text=True,
     )  # fmt: skip
-    figures = {"steps": steps, "compiled": compiled, "wall_s": time.perf_counter() - start}
+    figures = {"steps": steps, "dynamo_backend": backend, "wall_s": time.perf_counter() - start}
     (out / "tutorial_log.txt").write_text(result.stderr[-500_000:])
     if result.returncode:
         return {**figures, "error": (result.stderr.strip().splitlines() or ["no output"])[-1][:300]}
@@ -216,6 +219,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--presets", nargs="+", default=["small", "tutorial"])
     parser.add_argument("--batch-size", type=at_least(1), default=64)
     parser.add_argument("--steps", type=at_least(2), default=50, help="timed steps per throughput variant")
+    parser.add_argument("--dynamo-backend", default="inductor", help="torch.compile's backend (eager: quick)")
     parser.add_argument(
         "--data", type=Path, help="an MNIST folder (default: $HF_DDPM_DATA_DIR/mnist or the sample)"
     )
@@ -235,7 +239,9 @@ def main(argv: list[str] | None = None) -> None:
     report["gpu_tests"] = gpu_tests(args.out)
     save()
     log("throughput")
-    report["throughput"] = throughput(args.presets, args.batch_size, args.steps, data, args.device)
+    report["throughput"] = throughput(
+        args.presets, args.batch_size, args.steps, data, args.device, args.dynamo_backend
+    )
     save()
     tutorial = report["throughput"].get("tutorial") or report["throughput"][args.presets[-1]]
     # Train with whichever variant trains faster, compile's start-up counted against the time it would gain.
@@ -251,8 +257,9 @@ def main(argv: list[str] | None = None) -> None:
         report["tutorial"] = {"error": "no time or no step time left for training"}
     else:
         _, compiled, step_s, startup = max(choices)
+        backend = args.dynamo_backend if compiled else None
         report["tutorial"] = train_tutorial(
-            args.out, seconds_left - startup, step_s, compiled, data, args.device
+            args.out, seconds_left - startup, step_s, backend, data, args.device
         )
     save()
     log(f"done in {report['elapsed_s'] / 60:.1f} min: {args.out / 'device_check.json'}")

@@ -238,6 +238,7 @@ def time_plain(
     steps: int,
     cache_root: Path,
     device: str = "cpu",
+    backend: str = "inductor",
 ) -> dict[str, float]:
     """ms per step of the plain loop on `device` after warm-up; for compiled models also the compile time."""
     loop = build_plain_loop(cfg, batches[0].shape[1], variant.bf16, device)
@@ -246,7 +247,7 @@ def time_plain(
     with _fresh_inductor_cache(cache_root / variant.name.replace(" ", "")):
         if variant.compile:
             torch._dynamo.reset()  # no graphs left over from the other compiled variant
-            loop.model = torch.compile(loop.model)
+            loop.model = torch.compile(loop.model, backend=backend)
             start = time.perf_counter()
             loop.step(batches[0])
             synchronize(device)

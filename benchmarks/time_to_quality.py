@@ -30,11 +30,14 @@ import statistics
 import subprocess
 from pathlib import Path
 
+import torch
 import yaml
+from safetensors.torch import load_file
 
 from hf_ddpm.arguments import ArgumentParser, at_least, positive
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.metrics import MIN_FID_IMAGES
+from hf_ddpm.training.checkpoints import checkpoint_step, list_checkpoints
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIG = REPO / "training" / "configs" / "mnist.yaml"
@@ -187,6 +190,72 @@ def run(arms: list[str], root: Path, threads: int, budget: float, eval_images: i
         subprocess.run(launch(arm, out, threads, extra), check=True, env=_env())
 
 
+def decay_at(step: int, max_decay: float, power: float | None) -> float:
+    """diffusers' `EMAModel.get_decay` at optimization step `step` (1-based), warmup with inv_gamma 1."""
+    if max_decay == 0 or step <= 1:
+        return 0.0
+    t = step - 1
+    ramp = 1 - (1 + t) ** -power if power is not None else (1 + t) / (10 + t)
+    return min(max_decay, ramp)
+
+
+def ema_from_snapshots(
+    snapshots: list[Path], max_decay: float, power: float | None
+) -> dict[str, torch.Tensor]:
+    """The EMA of the raw weights, rebuilt from checkpoints every few steps: between two snapshots the
+    decays of the steps between them multiply, and the later snapshot stands for all those steps' weights."""
+    ema, last = None, 0
+    for path in snapshots:
+        step = checkpoint_step(path)
+        weights = {k: v.double() for k, v in load_file(str(path / "model.safetensors")).items()}
+        if ema is None:
+            ema, last = weights, step
+            continue
+        kept = math.prod(decay_at(s, max_decay, power) for s in range(last + 1, step + 1))
+        ema = {k: kept * ema[k] + (1 - kept) * weights[k] for k in ema}
+        last = step
+    return {k: v.float() for k, v in ema.items()}
+
+
+def posthoc(root: Path, budget: float, eval_images: int) -> None:
+    """Scores base's EMA profiles rebuilt from its snapshots, and each speed-only arm as base's weights at the
+    steps its step time allows in the budget (base's LR schedule had not yet decayed there: a lower bound),
+    into ROOT/posthoc.json."""
+    from diffusers import UNet2DModel
+
+    from hf_ddpm.config import load_config
+    from hf_ddpm.evaluate import evaluate_unet, load_reference
+    from hf_ddpm.pipeline import training_scheduler
+
+    base = root / "base"
+    snapshots = list_checkpoints(base)
+    cfg = load_config(base / "config.yaml")
+    unet = UNet2DModel.from_pretrained(base / "unet")
+    scheduler = training_scheduler(cfg.diffusion)
+    reference = load_reference(cfg.dataset.path or cfg.dataset.name, cfg.training.eval_classifier)
+    times = step_times(root)
+
+    def scored(up_to: list[Path], max_decay: float, power: float | None) -> dict:
+        unet.load_state_dict(ema_from_snapshots(up_to, max_decay, power))
+        unet.eval()
+        metrics = evaluate_unet(unet, scheduler.config, reference, "dpm-solver", 20, eval_images, 0)
+        return {"step": checkpoint_step(up_to[-1]), **metrics}
+
+    results = {}
+    for name, (max_decay, power) in EMA_PROFILES.items():
+        print(f"post-hoc {name}", flush=True)
+        results[name] = scored(snapshots, max_decay, power)
+    for arm in SPEED_ONLY:
+        steps = arm_steps(times[arm], budget)
+        up_to = [p for p in snapshots if checkpoint_step(p) <= steps]
+        print(
+            f"{arm}: base's weights at step {checkpoint_step(up_to[-1])} (the budget allows {steps})",
+            flush=True,
+        )
+        results[arm] = {"budget_steps": steps, **scored(up_to, *EMA_PROFILES["ema 0.999, power 3/4 (base)"])}
+    (root / "posthoc.json").write_text(json.dumps(results, indent=2) + "\n")
+
+
 def load_log(run_dir: Path) -> list[dict]:
     """eval_log.jsonl, one record per step (a resumed run may have logged a step twice: the last counts)."""
     records = {}
@@ -270,6 +339,9 @@ def main(argv: list[str] | None = None) -> None:
     p_run.add_argument("--budget-minutes", type=positive, default=20.0)
     p_run.add_argument("--eval-images", type=at_least(MIN_FID_IMAGES), default=500)
     p_run.add_argument("--seed", type=int, default=0)
+    p_posthoc = sub.add_parser("posthoc", help="EMA profiles and speed-only arms from base's snapshots")
+    p_posthoc.add_argument("--budget-minutes", type=positive, default=20.0)
+    p_posthoc.add_argument("--eval-images", type=at_least(MIN_FID_IMAGES), default=500)
     p_report = sub.add_parser("report", help="the table and the frontier picture")
     p_report.add_argument("--plot", type=Path)
     args = parser.parse_args(argv)
@@ -277,6 +349,8 @@ def main(argv: list[str] | None = None) -> None:
         measure(args.arms, args.root, args.threads, args.core)
     elif args.command == "run":
         run(args.arms, args.root, args.threads, args.budget_minutes, args.eval_images, args.seed)
+    elif args.command == "posthoc":
+        posthoc(args.root, args.budget_minutes, args.eval_images)
     else:
         report(args.root, args.plot)
 
