@@ -74,6 +74,16 @@ def repaint_schedule(num_steps: int, jump_length: int, jump_n_sample: int) -> li
     return order
 
 
+def sdedit_timesteps(strength: float, num_inference_steps: int, num_train_timesteps: int) -> list[int]:
+    """The timesteps SDEdit visits, decreasing: round(s * n) of them (at least one) evenly spaced from
+    t0 - 1 = round(s * T) - 1, the start, down to 0."""
+    if not 0 < strength <= 1 or round(strength * num_train_timesteps) < 1:
+        raise ValueError(f"strength must lie in (0, 1] (at least 1/{num_train_timesteps}), got {strength}")
+    start = round(strength * num_train_timesteps) - 1
+    num_steps = min(max(1, math.floor(strength * num_inference_steps + 0.5)), start + 1)
+    return spaced_timesteps(start, num_steps)[::-1]
+
+
 class _DDPMEditingPipeline(DiffusionPipeline):
     """What both pipelines share: the UNet call with guidance, the x_0 estimate, the ancestral step and the
     forward jump, on the scheduler's noise schedule.
@@ -423,18 +433,12 @@ class SDEditDDPMPipeline(_DDPMEditingPipeline):
                 "image".
         """
         _check_common(guidance_scale, output_type, num_inference_steps)
-        total = self.scheduler.config.num_train_timesteps
-        if not 0 < strength <= 1 or round(strength * total) < 1:
-            raise ValueError(f"strength must lie in (0, 1] (at least 1/{total}), got {strength}")
+        timesteps = sdedit_timesteps(strength, num_inference_steps, self.scheduler.config.num_train_timesteps)
         x0 = self._image_tensor(image, "image", self.unet.config.in_channels)
         x0, labels = self._batch(x0, class_labels)
-        start = round(strength * total) - 1
-        num_steps = min(max(1, math.floor(strength * num_inference_steps + 0.5)), start + 1)
-        timesteps = spaced_timesteps(start, num_steps)[::-1] + [-1]
-
         noise = randn_tensor(x0.shape, generator=generator, device=self.device, dtype=x0.dtype)
-        x = self.q_sample(x0, start, noise)
-        for step, (t, t_next) in enumerate(self.progress_bar(list(pairwise(timesteps)))):
+        x = self.q_sample(x0, timesteps[0], noise)
+        for step, (t, t_next) in enumerate(self.progress_bar(list(pairwise([*timesteps, -1])))):
             x0_pred = self.predict_original(self._model_output(x, t, labels, guidance_scale), x, t)
             x = self.reverse_step(x, x0_pred, t, t_next, generator)
             if callback_on_step_end is not None:
