@@ -123,15 +123,17 @@ def frames(run: Callable[[Callable[[Frame], None]], Any], every: int = 1) -> Ite
     worker.start()
     try:
         while True:
-            kind, value = inbox.get()
-            # Skip to the newest frame; results and errors are never skipped.
-            while kind == "frame" and not inbox.empty():
-                kind, value = inbox.get()
-            if kind == "error":
-                raise value
-            yield value
-            if kind == "done":
-                return
+            waiting = [inbox.get()]
+            while not inbox.empty():
+                waiting.append(inbox.get_nowait())
+            # Of the frames that piled up only the newest is shown; the result or error comes last.
+            newest = [item for item in waiting if item[0] == "frame"][-1:]
+            for kind, value in newest + [item for item in waiting if item[0] != "frame"]:
+                if kind == "error":
+                    raise value
+                yield value
+                if kind == "done":
+                    return
     finally:
         stop.set()
 

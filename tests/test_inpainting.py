@@ -142,8 +142,15 @@ def test_the_kept_pixels_follow_the_closed_form_at_every_step_and_the_completion
         pipeline = InpaintingDDPMPipeline(unet=unet, scheduler=scheduler)
         pipeline.set_progress_bar_config(disable=True)
         batch = pair[keep : keep + 1].expand(256, -1, -1, -1)
-        out = pipeline(batch, mask, num_inference_steps=20, jump_length=4, jump_n_sample=3, output_type="pt",
-                       generator=torch.Generator().manual_seed(keep)).images  # fmt: skip
+        out = pipeline(
+            batch,
+            mask,
+            num_inference_steps=20,
+            jump_length=4,
+            jump_n_sample=3,
+            output_type="pt",
+            generator=torch.Generator().manual_seed(keep),
+        ).images
         order = repaint_schedule(20, 4, 3)
         assert len(unet.calls) == sum(1 for a, b in zip(order, order[1:], strict=False) if b < a)
         previous = None
@@ -167,8 +174,14 @@ def test_the_kept_pixels_follow_the_closed_form_at_every_step_and_the_completion
     exact = ExactDenoiser(pair, scheduler.alphas_cumprod)
     for unet in (zero, exact):
         InpaintingDDPMPipeline(unet=unet, scheduler=scheduler)(
-            pair[:1], mask, num_inference_steps=10, jump_length=3, jump_n_sample=2,
-            generator=torch.Generator().manual_seed(5), output_type="pt")  # fmt: skip
+            pair[:1],
+            mask,
+            num_inference_steps=10,
+            jump_length=3,
+            jump_n_sample=2,
+            generator=torch.Generator().manual_seed(5),
+            output_type="pt",
+        )
     for (t_a, x_a), (t_b, x_b) in zip(zero.calls, exact.calls, strict=True):
         assert t_a == t_b
         assert torch.equal(x_a[..., :14, :], x_b[..., :14, :])
@@ -209,8 +222,13 @@ def test_sdedit_with_the_exact_denoiser_lands_on_the_nearest_image(digits):
     pipeline = SDEditDDPMPipeline(unet=ExactDenoiser(pair, scheduler.alphas_cumprod), scheduler=scheduler)
     pipeline.set_progress_bar_config(disable=True)
     rough = (pair + 0.3 * torch.randn(pair.shape, generator=torch.Generator().manual_seed(0))).clamp(-1, 1)
-    out = pipeline(rough, strength=0.4, num_inference_steps=50, output_type="pt",
-                   generator=torch.Generator().manual_seed(1)).images  # fmt: skip
+    out = pipeline(
+        rough,
+        strength=0.4,
+        num_inference_steps=50,
+        output_type="pt",
+        generator=torch.Generator().manual_seed(1),
+    ).images
     torch.testing.assert_close(out * 2 - 1, pair, rtol=0, atol=1e-4)
 
 
@@ -224,8 +242,15 @@ def test_inputs_labels_and_refusals(digits):
     # PIL in, PIL out: white in the mask keeps; one image serves several labels.
     image = Image.fromarray(digits[0][0, 0].numpy())
     mask = Image.fromarray((top_half_mask()[0, 0].numpy() * 255).astype(np.uint8))
-    out = inpaint(image, mask, class_labels=["0", 0], num_inference_steps=3, jump_length=1, jump_n_sample=1,
-                  generator=torch.Generator().manual_seed(0)).images  # fmt: skip
+    out = inpaint(
+        image,
+        mask,
+        class_labels=["0", 0],
+        num_inference_steps=3,
+        jump_length=1,
+        jump_n_sample=1,
+        generator=torch.Generator().manual_seed(0),
+    ).images
     assert len(out) == 2 and out[0].size == (28, 28) and out[0].mode == "L"
     kept = np.asarray(out[0])[:14]
     assert np.abs(kept.astype(int) - digits[0][0, 0, :14].numpy()).max() <= 1  # the kept pixels, as given
@@ -240,7 +265,7 @@ def test_inputs_labels_and_refusals(digits):
         (lambda: sdedit(blank, strength=1.5), "strength must lie in (0, 1]"),
         (lambda: sdedit(blank, class_labels=[3]), "the UNet is unconditional"),
         (lambda: InpaintingDDPMPipeline(base.unet, FlowMatchEulerDiscreteScheduler()), "not a flow-matching"),
-    ]  # fmt: skip
+    ]
     for call, message in refusals:
         with pytest.raises(ValueError) as err:
             call()
@@ -288,8 +313,17 @@ def test_real_model_sdedit_is_faithful_at_low_strength_and_follows_the_model_at_
     pipeline.set_progress_bar_config(disable=True)
     distances = []
     for strength in (0.2, 0.5, 0.9):
-        out = pipeline(x0, strength=strength, num_inference_steps=20, output_type="pt",
-                       generator=torch.Generator().manual_seed(0)).images * 2 - 1  # fmt: skip
+        out = (
+            pipeline(
+                x0,
+                strength=strength,
+                num_inference_steps=20,
+                output_type="pt",
+                generator=torch.Generator().manual_seed(0),
+            ).images
+            * 2
+            - 1
+        )
         distances.append((out - x0).abs().mean().item())
         if strength == 0.2:
             assert distances[0] < 0.1, distances
