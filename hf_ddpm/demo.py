@@ -426,6 +426,20 @@ def _draw_controls(models: ModelCache, model: str):
     )
 
 
+def drawable(source: str) -> bool:
+    """Whether the Draw tab can use a model: a pixel-space DDPM (no autoencoder, not flow matching). Read
+    from a folder's config files; a Hub id is offered and checked when used."""
+    import json
+
+    folder = Path(source)
+    if not (folder / "model_index.json").is_file():
+        return True
+    index = json.loads((folder / "model_index.json").read_text())
+    scheduler = folder / "scheduler" / "scheduler_config.json"
+    flow = scheduler.is_file() and is_flow(json.loads(scheduler.read_text()))
+    return "vae" not in index and not flow
+
+
 def available_datasets(data_dir: str | None) -> list[str]:
     """The example data sets of the forward-process tab: those in the data folder, else MNIST (from the
     Hub)."""
@@ -450,7 +464,7 @@ def build_app(models: dict[str, str], default_model: str | None = None, data_dir
     start = models and cache.get(default_model)
     classes = class_choices(start) if start else []
     datasets = available_datasets(data_dir or os.environ.get(DATA_DIR_ENV))
-    pixel_models = [n for n in names if n.startswith("ddpm-")] or names
+    pixel_models = [name for name in names if drawable(models[name])] or names
     draw_default = default_model if default_model in pixel_models else pixel_models[0]
     draw_classes = class_choices(cache.get(draw_default))
 

@@ -313,3 +313,11 @@ def test_bad_requests_get_one_line_and_the_server_keeps_serving(app):
     assert len(result[1]) == 1 and app.process.poll() is None
     x0, xt, stats, _ = client.predict("mnist", 2, 500, "linear", 0, api_name="/explore")
     assert "class 2" in stats and "t = 500" in stats
+
+
+def test_the_draw_tab_offers_the_pixel_space_ddpms_only():
+    from hf_ddpm.demo import drawable
+
+    offered = {name for name, folder in reference_models().items() if drawable(folder)}
+    assert offered == {"ddpm-mnist", "ddpm-mnist-cfg", "ddpm-textures", "ddpm-textures-cfg"}
+    assert drawable("org/some-model")  # a Hub id is checked when it is used
