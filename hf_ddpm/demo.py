@@ -232,7 +232,7 @@ class Examples:
                     images, labels, names = load_labeled_split(dataset, "test")
                 except Exception as err:
                     raise _fail(f"cannot load the {dataset} examples: {str(err).splitlines()[0]}") from err
-                first = [int((labels == c).nonzero()[0]) for c in labels.unique() if (labels == c).any()]
+                first = [int((labels == c).nonzero()[0, 0]) for c in labels.unique()]
                 self._cache[dataset] = (images[first], [names[int(labels[i])] for i in first])
             return self._cache[dataset]
 
