@@ -471,9 +471,9 @@ def build_app(models: dict[str, str], default_model: str | None = None, data_dir
     with gr.Blocks(title="hf-ddpm: diffusion, live") as app:
         gr.Markdown(
             "# Denoising diffusion, live\n"
-            "DDPMs (Ho et al. 2020) on 28x28 images, trained with "
-            "[hf-ddpm](https://github.com/huggingface/diffusers). Generate and watch x_t turn into an image, "
-            "noise a real image step by step, or draw something for the model to finish."
+            "Denoising diffusion probabilistic models (Ho et al. 2020) on 28x28 images, trained with "
+            "hf-ddpm. Generate and watch x_t turn into an image, noise a real image step by step, or draw "
+            "something for the model to finish."
         )
         with gr.Tab("Generate", id="generate"):
             with gr.Row():
