@@ -158,9 +158,10 @@ class Page:
         src = element.get_attribute("src") if element else None
         return fetch(src) if src else None
 
-    def gallery(self, elem_id: str, count: int) -> list[np.ndarray]:
-        """The gallery's images once it holds `count` (one per thumbnail)."""
-        sources = self.wait_for(lambda: _unique_sources(self.find_all(f"#{elem_id} img"), count))
+    def gallery(self, elem_id: str, count: int, replacing: list[str] = ()) -> list[np.ndarray]:
+        """The gallery's images once it holds `count` (one per thumbnail), none of them in `replacing`."""
+        sources = self.wait_for(lambda: _unique_sources(self.find_all(f"#{elem_id} img"), count, replacing))
+        self.sources = sources
         return [fetch(src) for src in sources]
 
     def stroke(self, canvas, points: list[tuple[int, int]]) -> None:
@@ -182,15 +183,24 @@ class Page:
         folder = os.environ.get("HF_DDPM_SCREENSHOT_DIR")
         if not folder:
             return
+        from selenium.webdriver.common.by import By
+
+        self.driver.find_element(By.TAG_NAME, "h1").click()  # close open lists
+        size = self.driver.get_window_size()
+        height = self.driver.execute_script("return document.documentElement.scrollHeight")
+        self.driver.set_window_size(size["width"], min(height + 100, 2400))  # the whole page in one picture
+        self.driver.execute_script("window.scrollTo(0, 0)")
+        time.sleep(0.5)  # let the page settle at its new size
         image = Image.open(io.BytesIO(self.driver.get_screenshot_as_png())).convert("RGB")
+        self.driver.set_window_size(size["width"], size["height"])
         image.thumbnail((1000, 1000))
         Path(folder).mkdir(parents=True, exist_ok=True)
         image.quantize(colors=128).save(Path(folder) / name, optimize=True)
 
 
-def _unique_sources(images, count: int) -> list[str] | None:
+def _unique_sources(images, count: int, replacing: list[str]) -> list[str] | None:
     sources = list(dict.fromkeys(i.get_attribute("src") for i in images if i.get_attribute("src")))
-    return sources if len(sources) == count else None
+    return sources if len(sources) == count and not set(sources) & set(replacing) else None
 
 
 def fetch(url: str) -> np.ndarray:
@@ -309,9 +319,9 @@ def test_draw_a_stroke_and_complete_it(page, classifier):
 
     page.find_all("#draw-mode label")[1].click()  # SDEdit
     page.click("draw-run")
-    page.wait_for(lambda: "images in" in page.text("draw-status") and page.text("draw-status") != "starting")
-    edited = page.gallery("draw-gallery", 4)
+    edited = page.gallery("draw-gallery", 4, replacing=page.sources)
     assert not any(np.array_equal(e, r) for e in edited for r in results)
+    assert np.mean([np.abs(e.astype(int) - sketch).mean() for e in edited]) > 0  # redrawn, not copied
 
 
 def test_bad_input_shows_one_message_and_the_app_keeps_serving(page, classifier):
