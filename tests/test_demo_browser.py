@@ -119,7 +119,7 @@ class Page:
 
     def messages(self) -> list[str]:
         """The texts of the notifications (gr.Error, gr.Warning) on the page."""
-        return [e.text for e in self.find_all(".toast-body")]
+        return [e.text for e in self.find_all("[data-testid=toast-text]")]
 
     def wait_for_message(self, part: str) -> str:
         return self.wait_for(lambda: next((m for m in self.messages() if part in m), None))
@@ -150,8 +150,10 @@ class Page:
         field.click()
         field.send_keys(Keys.CONTROL, "a")  # typing replaces the selection: the field is never empty
         field.send_keys(str(value))
-        field.send_keys(Keys.ENTER if enter else Keys.TAB)
-        field.send_keys(Keys.TAB)
+        if enter:
+            field.send_keys(Keys.ENTER)
+        # Leave the field without focusing the next one (a dropdown would open its list over the page).
+        self.driver.execute_script("arguments[0].blur()", field)
 
     def image(self, css: str) -> np.ndarray | None:
         element = self.find(css)
