@@ -8,6 +8,7 @@ what it reports as it comes, and `tile_frame` lays a frame out as one image, x_t
 
 from __future__ import annotations
 
+import functools
 import queue
 import threading
 from collections.abc import Callable, Iterator
@@ -71,6 +72,8 @@ def watch_steps(pipeline, report: Callable[[Frame], None], decode: Callable | No
     step = scheduler.step
     count = [0]
 
+    # wraps: pipelines pass `generator` only to a step whose signature takes it, which they read through this.
+    @functools.wraps(step)
     def reporting_step(model_output, timestep, sample, *args, **kwargs):
         output = step(model_output, timestep, sample, *args, **kwargs)
         count[0] += 1
