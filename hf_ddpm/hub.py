@@ -225,6 +225,8 @@ def _push_space(args: argparse.Namespace, push: argparse.ArgumentParser) -> None
     """`push` of a Space folder: the demo, the hf_ddpm package and the pipelines it serves."""
     from huggingface_hub.utils import logging as hub_logging
 
+    # The module as imported: run with -m, this file is __main__, whose HubPushError is another class.
+    from . import hub
     from .space import push_space, space_files
 
     try:
@@ -235,7 +237,7 @@ def _push_space(args: argparse.Namespace, push: argparse.ArgumentParser) -> None
     try:
         url = push_space(args.output_dir, args.repo_id, args.model, args.private, args.token,
                          args.commit_message or "Upload the hf-ddpm demo")  # fmt: skip
-    except HubPushError as err:
+    except hub.HubPushError as err:
         sys.exit(f"error: {err}")
     print(f"{len(files)} files in the Space: {url}")
 
