@@ -10,21 +10,17 @@ and the pipelines to serve (under `checkpoints/NAME/`, the files a model push up
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
-
-import yaml
 
 # The reference checkpoints a Space serves unless told otherwise (4.4 MB each).
 DEFAULT_MODELS = ("ddpm-mnist-cfg", "ddpm-mnist")
-REFERENCE_DIR = Path(__file__).resolve().parents[1] / "checkpoints"
 
 
 def front_matter(readme: Path) -> dict:
     """The YAML metadata block at the top of a README.md; {} without one."""
-    match = re.match(r"^---\s*\n(.*?)\n---\s*(\n|$)", readme.read_text(), re.S) if readme.is_file() else None
-    data = yaml.safe_load(match.group(1)) if match else None
-    return data if isinstance(data, dict) else {}
+    from huggingface_hub import metadata_load
+
+    return (metadata_load(readme) if readme.is_file() else None) or {}
 
 
 def is_space(folder: str | Path) -> bool:
@@ -39,6 +35,7 @@ def space_files(space_dir: str | Path, models: list[str | Path] | None = None) -
     names what is missing: the app file the front matter names, requirements.txt, a pipeline's files.
     """
     from . import pipelines
+    from .classifier import DEFAULT_DIR as REFERENCE_DIR  # the committed checkpoints
     from .hub import files_to_upload
 
     folder = Path(space_dir)
@@ -50,7 +47,8 @@ def space_files(space_dir: str | Path, models: list[str | Path] | None = None) -
     files = [
         (path.relative_to(folder).as_posix(), path)
         for path in sorted(folder.rglob("*"))
-        if path.is_file() and not any(part.startswith((".", "__pycache__")) for part in path.parts)
+        if path.is_file()
+        and not any(part.startswith((".", "__pycache__")) for part in path.relative_to(folder).parts)
     ]
     package = Path(__file__).resolve().parent
     files += [(f"hf_ddpm/{path.name}", path) for path in sorted(package.glob("*.py"))]

@@ -13,7 +13,7 @@ gr = pytest.importorskip("gradio", reason="the demo needs gradio: pip install 'h
 
 from demo_server import REPO, start_demo  # noqa: E402
 
-from hf_ddpm.demo import (  # noqa: E402
+from hf_ddpm.demo_actions import (  # noqa: E402
     ModelCache,
     draw_frames,
     explore,
@@ -88,7 +88,7 @@ def test_forward_process_is_the_closed_form_and_its_statistics():
 
 
 def test_explorer_reads_real_examples(shared_data):
-    from hf_ddpm.demo import Examples
+    from hf_ddpm.demo_actions import Examples
 
     examples = Examples()
     x0, xt, stats, table = explore(examples, str(shared_data / "mnist"), 7, 1000, "linear", 0)
@@ -316,7 +316,7 @@ def test_bad_requests_get_one_line_and_the_server_keeps_serving(app):
 
 
 def test_the_draw_tab_offers_the_pixel_space_ddpms_only():
-    from hf_ddpm.demo import drawable
+    from hf_ddpm.demo_actions import drawable
 
     offered = {name for name, folder in reference_models().items() if drawable(folder)}
     assert offered == {"ddpm-mnist", "ddpm-mnist-cfg", "ddpm-textures", "ddpm-textures-cfg"}
