@@ -55,14 +55,22 @@ def sketch_file(folder: Path) -> str:
 
 
 def timed(client, args: tuple, api_name: str) -> tuple[float, float, int]:
-    """(seconds to the first output, seconds to the last, number of outputs) of one request."""
+    """(seconds to the first denoising frame, seconds to the images, frames streamed) of one request.
+
+    The frames image is the first output of /generate and the second of /draw (whose first is the sketch
+    as the model sees it, sent before sampling starts).
+    """
+    position = 0 if api_name == "/generate" else 1
     start = time.perf_counter()
     job = client.submit(*args, api_name=api_name)
-    first = None
-    for _ in job:
-        first = first or time.perf_counter() - start
+    first, count = None, 0
+    for output in job:
+        frame = output[position]
+        if frame and not (isinstance(frame, dict) and frame.get("__type__") == "update"):
+            first = first or time.perf_counter() - start
+            count += 1
     job.result()
-    return first or float("nan"), time.perf_counter() - start, len(job.outputs())
+    return first or float("nan"), time.perf_counter() - start, count
 
 
 def main() -> None:
@@ -99,7 +107,7 @@ def main() -> None:
         print(f"# {os.cpu_count()} CPUs; medians of {args.repeats} requests after a first one; loopback")
         print(f"# first request of the run (model load included): first frame {cold[0]:.2f} s, "
               f"images {cold[1]:.2f} s")  # fmt: skip
-        print("| request | first frame (s) | final images (s) | outputs streamed |")
+        print("| request | first frame (s) | final images (s) | frames shown |")
         print("|---|---|---|---|")
         for name, request, api_name in requests:
             times = [timed(client, request, api_name) for _ in range(args.repeats)]

@@ -143,7 +143,8 @@ def main() -> None:
         rows = [to_uint8(batch[:: len(images) // 10][:10]).permute(0, 2, 3, 1).numpy() for batch in picture]
         path = save_grid(np.concatenate(rows), args.picture, cols=10)
         print(
-            f"\npicture: {path} (rows: digits, half digits, the four completions, sketches, SDEdit s = 0.5)"
+            f"\npicture: {path} (rows: digits, half digits, the four completions, sketches, "
+            "SDEdit at 0.5 by each model)"
         )
 
 
