@@ -20,6 +20,7 @@ seconds per completion (UNet calls dominate: RePaint runs n + (r - 1) j floor((n
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import numpy as np
@@ -73,7 +74,8 @@ def main() -> None:
     conditional = load_pipeline("checkpoints/ddpm-mnist-cfg")
     print(
         f"# {len(images)} MNIST test digits ({len(images) // 10} per class), seed {args.seed}, "
-        f"{torch.get_num_threads()} threads; classifier checkpoints/classifier-mnist"
+        f"{torch.get_num_threads()} threads on {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs; "
+        "classifier checkpoints/classifier-mnist"
     )
 
     def timed(pipeline, **kwargs) -> tuple[torch.Tensor, float]:
