@@ -105,7 +105,9 @@ def main() -> None:
         client = Client(f"http://127.0.0.1:{port}/", verbose=False)
         cold = timed(client, requests[0][1], requests[0][2])
         usable = len(os.sched_getaffinity(0))
-        print(f"# {usable} of {os.cpu_count()} CPUs usable; medians of {args.repeats} requests after a first")
+        print(
+            f"# {usable} of {os.cpu_count()} CPUs usable; medians of {args.repeats} requests, after a warm-up"
+        )
         print(f"# first request of the run (model load included): first frame {cold[0]:.2f} s, "
               f"images {cold[1]:.2f} s")  # fmt: skip
         print("| request | first frame (s) | final images (s) | frames shown |")
