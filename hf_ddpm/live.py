@@ -99,8 +99,8 @@ def latent_decoder(pipeline) -> Callable[[torch.Tensor], torch.Tensor]:
 
 
 def frames(run: Callable[[Callable[[Frame], None]], Any], every: int = 1) -> Iterator[Frame | Any]:
-    """Runs `run(report)` in a worker thread and yields every `every`-th `Frame` it reports (always the
-    last), then what `run` returned. An exception in `run` is raised here.
+    """Runs `run(report)` in a worker thread and yields the first `Frame` it reports, every `every`-th and
+    the last, then what `run` returned. An exception in `run` is raised here.
 
     A viewer slower than the sampler gets the newest frame, never a backlog. Closing the iterator early
     (the viewer left) raises `Cancelled` in the worker at its next report, which ends it.
@@ -111,7 +111,8 @@ def frames(run: Callable[[Callable[[Frame], None]], Any], every: int = 1) -> Ite
     def report(frame: Frame) -> None:
         if stop.is_set():
             raise Cancelled
-        if frame.step % every == 0 or frame.step == frame.total:
+        # The first step at once (something to see right away), then every `every`-th, and the last.
+        if frame.step == 1 or frame.step % every == 0 or frame.step == frame.total:
             inbox.put(("frame", frame))
 
     def work() -> None:
