@@ -50,7 +50,7 @@ CANVAS = 280  # the sketchpad's size: 10 canvas pixels per image pixel
 # Images are shown at 28x28, enlarged by the browser without smoothing.
 CSS = """
 .pixelated img, .pixelated canvas { image-rendering: pixelated; }
-.pixelated .thumbnail-item img, .pixelated .grid-wrap img { image-rendering: pixelated; }
+.enlarged img { width: 100%; height: 100%; object-fit: contain; }
 """
 
 
@@ -149,7 +149,7 @@ def build_app(models: dict[str, str], default_model: str | None = None, data_dir
                         label="x_t (top) and predicted x_0 (below), as it denoises",
                         format="png",
                         elem_id="gen-frames",
-                        elem_classes="pixelated",
+                        elem_classes="pixelated enlarged",
                         height=260,
                     )
                     gallery = gr.Gallery(
@@ -189,13 +189,17 @@ def build_app(models: dict[str, str], default_model: str | None = None, data_dir
                 with gr.Column(scale=2):
                     with gr.Row():
                         x0_view = gr.Image(
-                            label="x_0", format="png", elem_id="fwd-x0", elem_classes="pixelated", height=200
+                            label="x_0",
+                            format="png",
+                            elem_id="fwd-x0",
+                            elem_classes="pixelated enlarged",
+                            height=200,
                         )
                         xt_view = gr.Image(
                             label="x_t ~ q(x_t | x_0)",
                             format="png",
                             elem_id="fwd-xt",
-                            elem_classes="pixelated",
+                            elem_classes="pixelated enlarged",
                             height=200,
                         )
                     stats = gr.Markdown(elem_id="fwd-stats")
@@ -308,14 +312,14 @@ def build_app(models: dict[str, str], default_model: str | None = None, data_dir
                         label="the sketch at 28x28, and the kept pixels (white)",
                         format="png",
                         elem_id="draw-input",
-                        elem_classes="pixelated",
+                        elem_classes="pixelated enlarged",
                         height=140,
                     )
                     draw_panel = gr.Image(
                         label="x_t (top) and predicted x_0 (below)",
                         format="png",
                         elem_id="draw-frames",
-                        elem_classes="pixelated",
+                        elem_classes="pixelated enlarged",
                         height=220,
                     )
                     draw_gallery = gr.Gallery(
