@@ -269,7 +269,7 @@ def test_two_users_at_once_each_get_their_own_streamed_images(app):
 
     requests = {"3": 11, "8": 12}
     jobs = {}
-    for label, seed in requests.items():  # two clients, two sessions, submitted before either finishes
+    for label, seed in requests.items():  # two clients, both submitted before either finishes
         jobs[label] = Client(app.url, verbose=False).submit(
             "ddpm-mnist-cfg", "dpm-solver", 20, seed, 2, label, 2.0, api_name="/generate"
         )
