@@ -8,18 +8,23 @@ pipeline stock `DDPMPipeline.from_pretrained` loads), the pipeline file of a cla
 optimizer state, TensorBoard logs and the intermediate `samples/step_*.png` stay local. One push is one
 commit; files that did not change are not sent again.
 
+`python -m hf_ddpm.hub push space/ my-org/ddpm-demo` uploads the demo as a Space instead (a folder whose
+README.md front matter names an `sdk`; see `hf_ddpm.space`).
+
 The token comes from `--token`, else `$HF_TOKEN`, else the login saved by `hf auth login`. The endpoint is
 `$HF_ENDPOINT` (default https://huggingface.co). Pushing only reads the output folder.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import re
 import sys
 from pathlib import Path
 
 from .arguments import ArgumentParser
+from .space import is_space
 
 # The licence ids a model card's `license:` may take: the Hub refuses a card with any other
 # (https://huggingface.co/docs/hub/repositories-licenses).
@@ -76,13 +81,21 @@ def files_to_upload(output_dir: str | Path) -> list[str]:
     return files
 
 
-def create_repo(repo_id: str, private: bool = False, token: str | None = None) -> str:
-    """Creates `repo_id` if needed (a bare name goes to the token's user); returns the full `org/name`."""
+def create_repo(
+    repo_id: str,
+    private: bool = False,
+    token: str | None = None,
+    repo_type: str = "model",
+    space_sdk: str | None = None,
+) -> str:
+    """Creates `repo_id` if needed (a bare name goes to the token's user); returns the full `org/name`.
+    A Space (`repo_type="space"`) is created with its `space_sdk`."""
     from huggingface_hub import HfApi
 
     _require_token(token)
     try:
-        return HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True).repo_id
+        kind = {"repo_type": repo_type, "space_sdk": space_sdk} if repo_type == "space" else {}
+        return HfApi(token=token).create_repo(repo_id, private=private, exist_ok=True, **kind).repo_id
     except Exception as err:
         raise HubPushError(_explain(err, repo_id, token)) from err
 
@@ -179,13 +192,24 @@ def _first_line(value: object) -> str:
 def main(argv: list[str] | None = None) -> None:
     parser = ArgumentParser(prog="python -m hf_ddpm.hub", description=__doc__.splitlines()[0])
     commands = parser.add_subparsers(dest="command", required=True)
-    push = commands.add_parser("push", help="upload a trained pipeline (an output_dir of training/train.py)")
-    push.add_argument("output_dir", help="folder written by training/train.py")
+    push = commands.add_parser(
+        "push",
+        help="upload a trained pipeline (an output_dir of training/train.py), or the demo Space (space/)",
+    )
+    push.add_argument("output_dir", help="folder written by training/train.py, or a Space folder (space/)")
     push.add_argument("repo_id", help="Hub repo: org/name, or name for the token's user")
     push.add_argument("--private", action="store_true", help="create the repo private (if it does not exist)")
     push.add_argument("--token", default=None, help="write token (default: $HF_TOKEN or the saved login)")
-    push.add_argument("--commit-message", default="Upload DDPM pipeline trained with hf-ddpm")
+    push.add_argument("--commit-message", default=None)
+    push.add_argument(
+        "--model",
+        action="append",
+        help="Spaces: a pipeline folder to serve (repeat it; default: ddpm-mnist-cfg and ddpm-mnist)",
+    )
     args = parser.parse_args(argv)
+    if is_space(args.output_dir):
+        _push_space(args, push)
+        return
 
     try:
         files = files_to_upload(args.output_dir)
@@ -205,10 +229,32 @@ def main(argv: list[str] | None = None) -> None:
     # Its warnings would repeat what the one-line error below says, over many lines.
     hub_logging.set_verbosity_error()
     try:
-        url = push_to_hub(args.output_dir, args.repo_id, args.private, args.token, args.commit_message)
+        message = args.commit_message or "Upload DDPM pipeline trained with hf-ddpm"
+        url = push_to_hub(args.output_dir, args.repo_id, args.private, args.token, message)
     except HubPushError as err:
         sys.exit(f"error: {err}")
     print(f"{len(files)} files on the Hub: {url}")
+
+
+def _push_space(args: argparse.Namespace, push: argparse.ArgumentParser) -> None:
+    """`push` of a Space folder: the demo, the hf_ddpm package and the pipelines it serves."""
+    from huggingface_hub.utils import logging as hub_logging
+
+    # The module as imported: run with -m, this file is __main__, whose HubPushError is another class.
+    from . import hub
+    from .space import push_space, space_files
+
+    try:
+        files = space_files(args.output_dir, args.model)
+    except ValueError as err:
+        push.error(str(err))
+    hub_logging.set_verbosity_error()
+    try:
+        url = push_space(args.output_dir, args.repo_id, args.model, args.private, args.token,
+                         args.commit_message or "Upload the hf-ddpm demo")  # fmt: skip
+    except hub.HubPushError as err:
+        sys.exit(f"error: {err}")
+    print(f"{len(files)} files in the Space: {url}")
 
 
 if __name__ == "__main__":

@@ -8,10 +8,11 @@ host on another port (the CDN / S3 of the real Hub). LFS uploads go to signed UR
 `resolve` answers LFS files with a redirect there, so the client downloads them without its token, as it
 does from the real Hub's CDN.
 
-Endpoints (model repos), as read from huggingface_hub 2.4 (hf_api.py, _commit_api.py, lfs.py,
-file_download.py, _snapshot_download.py):
+Endpoints (model repos; Spaces alike under /api/spaces/ and /spaces/), as read from huggingface_hub 2.4
+(hf_api.py, _commit_api.py, lfs.py, file_download.py, _snapshot_download.py):
 
-    POST /api/repos/create                            create_repo (409 if it exists, 403 foreign namespace)
+    POST /api/repos/create                            create_repo (409 if it exists, 403 foreign namespace;
+                                                      type "space" needs its "sdk", as on the Hub)
     GET  /api/whoami-v2                               whoami
     GET  /api/agent-harnesses                         fetched by every client once a day (user agent)
     POST /api/validate-yaml                           create_commit, when README.md is committed
@@ -118,6 +119,8 @@ class Repo:
     created: str
     refs: dict[str, str] = field(default_factory=dict)
     commits: dict[str, dict] = field(default_factory=dict)  # id -> {parent, message, author, date, tree}
+    kind: str = "model"  # or "space"
+    sdk: str | None = None  # a Space's
 
 
 class LoopbackHub:
@@ -155,17 +158,17 @@ class LoopbackHub:
 
     # -- store ----------------------------------------------------------------------------------------
 
-    def _repo_file(self, repo_id: str) -> Path:
-        return self.root / "repos" / (repo_id + ".json")
+    def _repo_file(self, repo_id: str, kind: str = "model") -> Path:
+        return self.root / "repos" / ("" if kind == "model" else f"{kind}s") / (repo_id + ".json")
 
-    def load_repo(self, repo_id: str) -> Repo | None:
-        path = self._repo_file(repo_id)
+    def load_repo(self, repo_id: str, kind: str = "model") -> Repo | None:
+        path = self._repo_file(repo_id, kind)
         if not path.is_file():
             return None
         return Repo(**json.loads(path.read_text()))
 
     def _save_repo(self, repo: Repo) -> None:
-        path = self._repo_file(repo.repo_id)
+        path = self._repo_file(repo.repo_id, repo.kind)
         path.parent.mkdir(parents=True, exist_ok=True)
         partial = path.with_suffix(".partial")
         partial.write_text(json.dumps(repo.__dict__, indent=1))
@@ -196,9 +199,9 @@ class LoopbackHub:
         repo.refs[branch] = commit_id
         return commit_id
 
-    def tree(self, repo_id: str, revision: str = "main") -> dict[str, Entry]:
+    def tree(self, repo_id: str, revision: str = "main", kind: str = "model") -> dict[str, Entry]:
         """The files of `repo_id` at `revision` (a branch or a commit id), for assertions in tests."""
-        repo = self.load_repo(repo_id)
+        repo = self.load_repo(repo_id, kind)
         assert repo is not None, f"no repo {repo_id}"
         commit_id = self._resolve(repo, revision)
         return {p: Entry(**e) for p, e in repo.commits[commit_id]["tree"].items()}
@@ -229,8 +232,8 @@ class LoopbackHub:
         if namespace != name and namespace not in orgs:
             raise HubError(403, f"You don't have the rights to write to the namespace {namespace}")
 
-    def readable_repo(self, repo_id: str, user: tuple[str, list[str]] | None) -> Repo:
-        repo = self.load_repo(repo_id)
+    def readable_repo(self, repo_id: str, user: tuple[str, list[str]] | None, kind: str = "model") -> Repo:
+        repo = self.load_repo(repo_id, kind)
         namespace = repo_id.split("/")[0]
         allowed = user is not None and (namespace == user[0] or namespace in user[1])
         if repo is None or (repo.private and not allowed):
@@ -254,8 +257,11 @@ class LoopbackHub:
     def create_repo(self, req: Request) -> Response:
         user = self.user(req.authorization)
         body = req.json()
-        if body.get("type", "model") != "model":
-            raise HubError(400, "this loopback Hub stores model repos only")
+        kind = body.get("type", "model")
+        if kind not in ("model", "space"):
+            raise HubError(400, "this loopback Hub stores model repos and Spaces only")
+        if kind == "space" and not body.get("sdk"):
+            raise HubError(400, "Space sdk is required: gradio, docker or static")
         if user is None:
             raise HubError(401, "You must be authenticated to create a repo")
         namespace = body.get("organization") or user[0]
@@ -265,11 +271,12 @@ class LoopbackHub:
                 403, f'You don\'t have the rights to create a model under the namespace "{namespace}"'
             )
         repo_id = f"{namespace}/{name}"
-        url = f"{self.url}/{repo_id}"
+        url = f"{self.url}/{'' if kind == 'model' else 'spaces/'}{repo_id}"
         with self.lock:
-            if self.load_repo(repo_id) is not None:
-                raise HubError(409, "You already created this model repo", url=url)
-            repo = Repo(repo_id, private=body.get("visibility") == "private", created=_now())
+            if self.load_repo(repo_id, kind) is not None:
+                raise HubError(409, f"You already created this {kind} repo", url=url)
+            private = body.get("visibility") == "private"
+            repo = Repo(repo_id, private=private, created=_now(), kind=kind, sdk=body.get("sdk"))
             data = GITATTRIBUTES.encode()
             entry = Entry(self._store(data), len(data), lfs=False, oid=git_blob_oid(data))
             self._commit(repo, "main", "initial commit", user[0], {".gitattributes": entry.to_json()})
@@ -302,10 +309,10 @@ class LoopbackHub:
             return Response.of_json({"errors": [{"message": f"invalid YAML metadata: {err}"}]}, status=400)
         return Response.of_json({"errors": [], "warnings": []})
 
-    def preupload(self, req: Request, repo_id: str, revision: str) -> Response:
+    def preupload(self, req: Request, repo_id: str, revision: str, kind: str = "models") -> Response:
         user = self.user(req.authorization)
         self.may_write(user, repo_id.split("/")[0])
-        repo = self.readable_repo(repo_id, user)
+        repo = self.readable_repo(repo_id, user, kind[:-1])
         commit_id = self._resolve(repo, unquote(revision))
         tree = repo.commits[commit_id]["tree"]
         patterns = _lfs_patterns(self, tree)
@@ -325,13 +332,13 @@ class LoopbackHub:
             )
         return Response.of_json({"files": files, "commitOid": commit_id})
 
-    def lfs_batch(self, req: Request, repo_id: str) -> Response:
+    def lfs_batch(self, req: Request, repo_id: str, kind: str = "models") -> Response:
         body = req.json()
         user = self.user(req.authorization)
         if body.get("operation") != "upload":
             raise HubError(400, "this loopback Hub serves LFS downloads through resolve only")
         self.may_write(user, repo_id.split("/")[0])
-        self.readable_repo(repo_id, user)
+        self.readable_repo(repo_id, user, kind[:-1])
         if "basic" not in body.get("transfers", ["basic"]):
             raise HubError(400, "only the basic LFS transfer is offered")
         objects = []
@@ -341,7 +348,8 @@ class LoopbackHub:
                 objects.append({"oid": oid, "size": size})  # no actions: already uploaded
                 continue
             upload = {"href": self.sign(f"/upload/{oid}/{size}"), "expires_in": 3600}
-            verify = {"href": f"{self.url}/{repo_id}.git/info/lfs/objects/verify", "header": {}}
+            prefix = "" if kind == "models" else f"{kind}/"
+            verify = {"href": f"{self.url}/{prefix}{repo_id}.git/info/lfs/objects/verify", "header": {}}
             objects.append(
                 {
                     "oid": oid,
@@ -362,14 +370,14 @@ class LoopbackHub:
         self._store(data)
         return Response(200, b"", {"ETag": f'"{oid}"'})
 
-    def lfs_verify(self, req: Request, repo_id: str) -> Response:
+    def lfs_verify(self, req: Request, repo_id: str, kind: str = "models") -> Response:
         self.may_write(self.user(req.authorization), repo_id.split("/")[0])
         body = req.json()
         if not self.has_object(body["oid"], body["size"]):
             raise HubError(404, f"LFS object {body['oid']} was not uploaded")
         return Response.of_json({"oid": body["oid"], "size": body["size"]})
 
-    def commit(self, req: Request, repo_id: str, revision: str) -> Response:
+    def commit(self, req: Request, repo_id: str, revision: str, kind: str = "models") -> Response:
         user = self.user(req.authorization)
         self.may_write(user, repo_id.split("/")[0])
         branch = unquote(revision)
@@ -380,7 +388,7 @@ class LoopbackHub:
             raise HubError(400, "the first line of a commit must be its header")
         header = lines[0]["value"]
         with self.lock:
-            repo = self.readable_repo(repo_id, user)
+            repo = self.readable_repo(repo_id, user, kind[:-1])
             if branch not in repo.refs:
                 raise HubError(400, f"can only commit to a branch, not {branch!r}")
             head = repo.refs[branch]
@@ -416,18 +424,19 @@ class LoopbackHub:
             message = summary + ("\n\n" + header["description"] if header.get("description") else "")
             commit_id = self._commit(repo, branch, message, user[0], tree)
             self._save_repo(repo)
+        prefix = "" if kind == "models" else f"{kind}/"
         return Response.of_json(
             {
                 "success": True,
                 "commitOid": commit_id,
-                "commitUrl": f"{self.url}/{repo_id}/commit/{commit_id}",
+                "commitUrl": f"{self.url}/{prefix}{repo_id}/commit/{commit_id}",
                 "hookOutput": "",
                 "pullRequestUrl": None,
             }
         )
 
-    def repo_info(self, req: Request, repo_id: str, revision: str = "main") -> Response:
-        repo = self.readable_repo(repo_id, self.user(req.authorization))
+    def repo_info(self, req: Request, repo_id: str, revision: str = "main", kind: str = "models") -> Response:
+        repo = self.readable_repo(repo_id, self.user(req.authorization), kind[:-1])
         commit_id = self._resolve(repo, unquote(revision))
         commit = repo.commits[commit_id]
         blobs = req.query.get("blobs", ["false"])[0].lower() == "true"
@@ -462,11 +471,14 @@ class LoopbackHub:
                 "tags": list(card.get("tags") or []),
                 "cardData": card or None,
                 "siblings": siblings,
+                **({"sdk": repo.sdk} if repo.kind == "space" else {}),
             }
         )
 
-    def list_tree(self, req: Request, repo_id: str, revision: str, folder: str = "") -> Response:
-        repo = self.readable_repo(repo_id, self.user(req.authorization))
+    def list_tree(
+        self, req: Request, repo_id: str, revision: str, folder: str = "", kind: str = "models"
+    ) -> Response:
+        repo = self.readable_repo(repo_id, self.user(req.authorization), kind[:-1])
         tree = repo.commits[self._resolve(repo, unquote(revision))]["tree"]
         folder = unquote(folder).strip("/")
         prefix = folder + "/" if folder else ""
@@ -492,8 +504,8 @@ class LoopbackHub:
         ]
         return Response.of_json(dirs + files)
 
-    def resolve(self, req: Request, repo_id: str, revision: str, path: str) -> Response:
-        repo = self.readable_repo(repo_id, self.user(req.authorization))
+    def resolve(self, req: Request, repo_id: str, revision: str, path: str, kind: str = "models") -> Response:
+        repo = self.readable_repo(repo_id, self.user(req.authorization), kind[:-1])
         commit_id = self._resolve(repo, unquote(revision))
         entry = repo.commits[commit_id]["tree"].get(unquote(path))
         if entry is None:
@@ -519,7 +531,7 @@ class LoopbackHub:
             raise HubError(404, "NoSuchKey")
         return Response(200, self.object_bytes(sha256), {"ETag": f'"{sha256}"'}, "application/octet-stream")
 
-    def xet_token(self, req: Request, repo_id: str, revision: str) -> Response:
+    def xet_token(self, req: Request, repo_id: str, revision: str, kind: str = "models") -> Response:
         raise HubError(501, "Xet storage is not offered by this server: upload with HF_HUB_DISABLE_XET=1")
 
 
@@ -563,15 +575,19 @@ def _routes(hub: LoopbackHub) -> list[tuple[str, re.Pattern, Any]]:
         ("GET", r"/api/whoami-v2", hub.whoami),
         ("GET", r"/api/agent-harnesses", hub.agent_harnesses),
         ("POST", r"/api/validate-yaml", hub.validate_yaml),
-        ("POST", rf"/api/models/{REPO}/preupload/(?P<revision>[^/]+)", hub.preupload),
-        ("POST", rf"/api/models/{REPO}/commit/(?P<revision>[^/]+)", hub.commit),
-        ("GET", rf"/api/models/{REPO}/xet-write-token/(?P<revision>[^/]+)", hub.xet_token),
-        ("GET", rf"/api/models/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<folder>.+))?", hub.list_tree),
-        ("GET", rf"/api/models/{REPO}/revision/(?P<revision>[^/]+)", hub.repo_info),
-        ("GET", rf"/api/models/{REPO}", hub.repo_info),
-        ("POST", rf"/{REPO}\.git/info/lfs/objects/batch", hub.lfs_batch),
-        ("POST", rf"/{REPO}\.git/info/lfs/objects/verify", hub.lfs_verify),
-        ("GET", rf"/{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", hub.resolve),
+        ("POST", rf"/api/(?P<kind>models|spaces)/{REPO}/preupload/(?P<revision>[^/]+)", hub.preupload),
+        ("POST", rf"/api/(?P<kind>models|spaces)/{REPO}/commit/(?P<revision>[^/]+)", hub.commit),
+        ("GET", rf"/api/(?P<kind>models|spaces)/{REPO}/xet-write-token/(?P<revision>[^/]+)", hub.xet_token),
+        (
+            "GET",
+            rf"/api/(?P<kind>models|spaces)/{REPO}/tree/(?P<revision>[^/]+)(?:/(?P<folder>.+))?",
+            hub.list_tree,
+        ),
+        ("GET", rf"/api/(?P<kind>models|spaces)/{REPO}/revision/(?P<revision>[^/]+)", hub.repo_info),
+        ("GET", rf"/api/(?P<kind>models|spaces)/{REPO}", hub.repo_info),
+        ("POST", rf"/(?:(?P<kind>spaces)/)?{REPO}\.git/info/lfs/objects/batch", hub.lfs_batch),
+        ("POST", rf"/(?:(?P<kind>spaces)/)?{REPO}\.git/info/lfs/objects/verify", hub.lfs_verify),
+        ("GET", rf"/(?:(?P<kind>spaces)/)?{REPO}/resolve/(?P<revision>[^/]+)/(?P<path>.+)", hub.resolve),
         ("PUT", r"/upload/(?P<oid>[0-9a-f]{64})/(?P<size>\d+)", hub.lfs_upload),
         ("GET", r"/blob/(?P<sha256>[0-9a-f]{64})", hub.blob),
     ]
