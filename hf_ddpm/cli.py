@@ -5,6 +5,7 @@
     hf-ddpm evaluate --model outputs/ddpm-mnist
     hf-ddpm push outputs/ddpm-mnist my-org/ddpm-mnist
     hf-ddpm visualize --out docs/images
+    hf-ddpm demo --model checkpoints/ddpm-mnist-cfg            # pip install 'hf-ddpm[demo]'
 
 Each subcommand takes the arguments of its `python -m hf_ddpm.MODULE` form (`hf-ddpm sample --help`).
 Several processes or GPUs: `accelerate launch -m hf_ddpm.cli train ...`.
@@ -24,6 +25,7 @@ COMMANDS = {
     "push": ("hf_ddpm.hub", "upload an output folder to the Hub"),
     "visualize": ("hf_ddpm.visualize", "draw the explanatory pictures"),
     "classifier": ("hf_ddpm.classifier", "train a feature classifier for the metrics"),
+    "demo": ("hf_ddpm.demo", "the Gradio app: live denoising, the forward process, inpainting"),
 }
 
 
