@@ -39,30 +39,34 @@ def keys(weights: Path) -> list[str]:
         return list(f.keys())
 
 
-def test_a_compiled_model_checkpoints_resumes_and_exports_its_own_weight_names(tmp_path, mnist_dir):
-    """`accelerate launch --dynamo_backend` wraps the model in torch.compile's module; checkpoints and the
-    export must hold the model's own names (`_orig_mod.` would make resume refuse every checkpoint)."""
-    out = tmp_path / "run"
+def compile_and_resume(out: Path, data: Path, backend: str) -> None:
+    """Two steps under `accelerate launch --dynamo_backend BACKEND`, a checkpoint, then two more resumed from
+    it: the checkpoints and the export hold the model's own weight names, never torch.compile's `_orig_mod.`
+    (which would make resume refuse every checkpoint)."""
     common = [
         *TINY,
         "--dataset.path",
-        mnist_dir,
+        data,
         "--training.output_dir",
         out,
         "--training.checkpointing_steps",
         "2",
     ]
-    run(accelerate_launch(TRAIN, *common, "--training.max_train_steps", "2", dynamo_backend="eager"))
+    run(accelerate_launch(TRAIN, *common, "--training.max_train_steps", "2", dynamo_backend=backend))
     assert not any(k.startswith("_orig_mod.") for k in keys(out / "checkpoint-2" / "model.safetensors"))
     resume = ["--training.max_train_steps", "4", "--training.resume_from_checkpoint", "latest"]
-    resumed = run(accelerate_launch(TRAIN, *common, *resume, dynamo_backend="eager"))
-    assert "resumed from" in resumed.stderr and "checkpoint-2 at step 2" in resumed.stderr
-    from diffusers import UNet2DModel
-
-    UNet2DModel.from_pretrained(out / "unet", use_safetensors=True)  # stock names, stock class
+    resumed = run(accelerate_launch(TRAIN, *common, *resume, dynamo_backend=backend))
+    assert "checkpoint-2 at step 2" in resumed.stderr
     assert keys(out / "checkpoint-4" / "model.safetensors") == keys(
         out / "checkpoint-2" / "model.safetensors"
     )
+    from diffusers import UNet2DModel
+
+    UNet2DModel.from_pretrained(out / "unet", use_safetensors=True)  # stock names, stock class
+
+
+def test_a_compiled_model_checkpoints_resumes_and_exports_its_own_weight_names(tmp_path, mnist_dir):
+    compile_and_resume(tmp_path / "run", mnist_dir, "eager")  # dynamo's wrapper without inductor's compile
 
 
 @pytest.mark.parametrize(
@@ -205,19 +209,7 @@ def test_the_autoencoder_trains_on_the_gpu_with_its_ema_and_flips(tmp_path, mnis
 
 @gpu
 def test_compiled_training_with_inductor_resumes_on_the_gpu(tmp_path, mnist_dir):
-    out = tmp_path / "run"
-    common = [
-        *TINY,
-        "--dataset.path",
-        mnist_dir,
-        "--training.output_dir",
-        out,
-        "--training.checkpointing_steps",
-        "2",
-    ]
-    run(accelerate_launch(TRAIN, *common, "--training.max_train_steps", "2", dynamo_backend="inductor"))
-    resume = ["--training.max_train_steps", "4", "--training.resume_from_checkpoint", "latest"]
-    run(accelerate_launch(TRAIN, *common, *resume, dynamo_backend="inductor"))
+    compile_and_resume(tmp_path / "run", mnist_dir, "inductor")
 
 
 @gpu
