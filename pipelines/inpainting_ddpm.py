@@ -111,32 +111,23 @@ class _DDPMEditingPipeline(DiffusionPipeline):
                 "dynamic thresholding is not supported: load the scheduler with thresholding=False"
             )
         num_class_embeds = unet.config.num_class_embeds
-        if num_class_embeds:
-            num_classes = num_class_embeds - 1
-            id2label = {
-                int(k): str(v) for k, v in (id2label or {i: str(i) for i in range(num_classes)}).items()
-            }
-            if sorted(id2label) != list(range(num_classes)):
-                raise ValueError(
-                    f"id2label must name the classes 0..{num_classes - 1} of the UNet, "
-                    f"got keys {sorted(id2label)}"
-                )
-        else:
-            id2label = None
+        id2label = _class_names(id2label, num_class_embeds - 1) if num_class_embeds else None
         self.register_modules(unet=unet, scheduler=scheduler)
         self.register_to_config(id2label=id2label)
 
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline.num_classes
     @property
     def num_classes(self) -> int:
-        """The number of real classes; 0 for an unconditional UNet."""
+        """The number of real classes, the null class left out; 0 for a UNet without a class embedding."""
         return (self.unet.config.num_class_embeds or 1) - 1
 
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline.labels
     @property
     def labels(self) -> dict[str, int]:
-        """Class name -> class index; empty for an unconditional UNet."""
+        """Class name -> class index; empty for a UNet without a class embedding."""
         return {name: int(i) for i, name in (self.config.id2label or {}).items()}
 
-    # Same rules as ClassConditionalDDPMPipeline.get_label_ids (pipelines/class_conditional_ddpm.py).
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline.get_label_ids
     def get_label_ids(self, class_labels: int | str | list[int | str]) -> torch.Tensor:
         """Class indices (batch,) of labels given as indices or names; `ValueError` for anything else."""
         if not self.num_classes:
@@ -202,14 +193,16 @@ class _DDPMEditingPipeline(DiffusionPipeline):
             return torch.tensor(1.0)
         return self.scheduler.alphas_cumprod[timestep].cpu()
 
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline._model_output
     def _model_output(
-        self, x: torch.Tensor, timestep: int, labels: torch.Tensor | None, guidance_scale: float
+        self, x: torch.Tensor, t, labels: torch.Tensor | None, guidance_scale: float
     ) -> torch.Tensor:
-        """The UNet's output at x_t, mixed with classifier-free guidance for a class-conditional UNet."""
-        t = torch.tensor(timestep, device=self.device)
+        """The UNet's output at (x_t, t), mixed with classifier-free guidance for a class-conditional UNet:
+        eps(x, t, null) + w * (eps(x, t, y) - eps(x, t, null)); the null class is index `num_classes`."""
         if not self.num_classes:
             return self.unet(x, t).sample
         null = torch.full((len(x),), self.num_classes, dtype=torch.long, device=self.device)
+        # w = 0 and w = 1 (and no labels) need one of the two models only: one forward of B instead of 2B.
         if labels is None or guidance_scale == 0:
             return self.unet(x, t, class_labels=null).sample
         if guidance_scale == 1:
@@ -277,7 +270,12 @@ class _DDPMEditingPipeline(DiffusionPipeline):
         alpha_bar = self._alpha_bar(timestep).to(x0.device, x0.dtype)
         return alpha_bar**0.5 * x0 + (1 - alpha_bar) ** 0.5 * noise
 
-    def _output(self, image: torch.Tensor, output_type: str, return_dict: bool):
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline._to_output
+    def _to_output(
+        self, image: torch.Tensor, output_type: str, return_dict: bool
+    ) -> ImagePipelineOutput | tuple:
+        """Images in [-1, 1] as `output_type` asks: "pt" or "np" in [0, 1], or "pil". Values beyond [-1, 1]
+        (a decoder's overshoot) are clamped."""
         image = (image / 2 + 0.5).clamp(0, 1)
         if output_type != "pt":
             image = image.cpu().permute(0, 2, 3, 1).float().numpy()
@@ -296,6 +294,18 @@ def _check_common(guidance_scale: float, output_type: str, num_inference_steps: 
         raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
     if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
         raise ValueError(f"num_inference_steps must be a positive int, got {num_inference_steps!r}")
+
+
+# Copied from hf_ddpm.pipelines.class_conditional_ddpm._class_names
+def _class_names(id2label: dict | None, num_classes: int) -> dict[int, str]:
+    """`id2label` with int keys (JSON turns them into strings), checked to name the classes
+    0..num_classes - 1; None gives the indices as strings."""
+    id2label = {int(k): str(v) for k, v in (id2label or {i: str(i) for i in range(num_classes)}).items()}
+    if sorted(id2label) != list(range(num_classes)):
+        raise ValueError(
+            f"id2label must name the classes 0..{num_classes - 1} of the UNet, got keys {sorted(id2label)}"
+        )
+    return id2label
 
 
 class InpaintingDDPMPipeline(_DDPMEditingPipeline):
@@ -392,7 +402,7 @@ class InpaintingDDPMPipeline(_DDPMEditingPipeline):
                     x = (callback_on_step_end(self, step, t, kwargs) or {}).get("image", x)
                 step += 1
                 progress.update()
-        return self._output(x, output_type, return_dict)
+        return self._to_output(x, output_type, return_dict)
 
 
 class SDEditDDPMPipeline(_DDPMEditingPipeline):
@@ -444,4 +454,4 @@ class SDEditDDPMPipeline(_DDPMEditingPipeline):
             if callback_on_step_end is not None:
                 kwargs = {"image": x, "pred_original_sample": x0_pred}
                 x = (callback_on_step_end(self, step, t, kwargs) or {}).get("image", x)
-        return self._output(x, output_type, return_dict)
+        return self._to_output(x, output_type, return_dict)

@@ -132,6 +132,10 @@ def test_resolved_config_round_trips(tmp_path):
             "model:\n  attention_levels: [true]\n",
             r"model.attention_levels has 1 entries for 3 resolution levels",
         ),
+        (
+            "training:\n  hub_license: Apache 2.0\n",
+            r"training.hub_license 'Apache 2.0' is not a licence id the Hub accepts .* apache-2.0",
+        ),
     ],
 )
 def test_bad_yaml_files_name_the_problem_and_the_fix(tmp_path, text, match):

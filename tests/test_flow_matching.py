@@ -144,7 +144,17 @@ def test_a_ddpm_config_refuses_the_flow_sampler_and_each_model_its_wrong_sampler
     with pytest.raises(ValueError, match=r"'flow-euler' cannot sample a DDPM model"):
         make_scheduler("flow-euler", ddpm_config)
     solver = make_scheduler("dpm-solver", flow_config)
-    assert isinstance(solver, DPMSolverMultistepScheduler) and solver.config.use_flow_sigmas
+    # The same solver as stock diffusers' flow mode built by hand: same sigmas, same step.
+    stock = DPMSolverMultistepScheduler.from_config(
+        flow_config, prediction_type="flow_prediction", use_flow_sigmas=True, flow_shift=1.0
+    )
+    for scheduler in (solver, stock):
+        scheduler.set_timesteps(8)
+    assert torch.equal(solver.sigmas, stock.sigmas) and torch.equal(solver.timesteps, stock.timesteps)
+    g = torch.Generator().manual_seed(0)
+    x, v = torch.randn(2, 1, 4, 4, generator=g), torch.randn(2, 1, 4, 4, generator=g)
+    t = solver.timesteps[0]
+    assert torch.equal(solver.step(v, t, x).prev_sample, stock.step(v, t, x).prev_sample)
 
 
 def run(cmd: list, cwd: Path) -> subprocess.CompletedProcess:

@@ -16,14 +16,42 @@ def test_preset_sizes():
     assert 0.8e6 < n_params(build_unet("small")) < 1.3e6
 
 
+# Each preset as its documentation describes it, spelled out here apart from hf_ddpm.models.PRESETS.
+PLAIN, ATTN_7 = ("DownBlock2D",) * 2, ("AttnDownBlock2D",)
+DOCUMENTED = {
+    "tiny": dict(block_out_channels=(16, 16, 32), layers_per_block=1, down=PLAIN + ATTN_7, norm_num_groups=8,
+                 attention_head_dim=16, time_embedding_dim=32),
+    "small": dict(block_out_channels=(32, 64, 64), layers_per_block=1, down=PLAIN + ATTN_7, norm_num_groups=8,
+                  attention_head_dim=32),
+    "cpu": dict(block_out_channels=(24, 48, 96), layers_per_block=1, down=PLAIN + ATTN_7, norm_num_groups=8,
+                attention_head_dim=32),
+    "tutorial": dict(block_out_channels=(64, 128, 256), layers_per_block=2, down=("AttnDownBlock2D",) * 3,
+                     norm_num_groups=32, attention_head_dim=32, time_embedding_dim=128),
+    "latent-small": dict(block_out_channels=(96,), layers_per_block=2, down=ATTN_7, norm_num_groups=32,
+                         attention_head_dim=32),
+    "latent-tiny": dict(block_out_channels=(32,), layers_per_block=1, down=ATTN_7, norm_num_groups=8,
+                        attention_head_dim=16, time_embedding_dim=32),
+}  # fmt: skip
+
+
 @pytest.mark.parametrize("preset", list(PRESETS))
 @pytest.mark.parametrize("channels", [1, 3])
-def test_forward_keeps_image_shape(preset, channels):
-    model = build_unet(preset, 28, channels)
-    x = torch.randn(2, channels, 28, 28)
-    out = model(x, torch.tensor([0, 999])).sample
-    assert out.shape == x.shape
-    assert torch.isfinite(out).all()
+def test_each_preset_is_the_documented_stock_unet(preset, channels):
+    """build_unet(preset) computes exactly what a stock UNet2DModel built from the documented arguments does,
+    at the same seed: same parameters, same output."""
+    size = 7 if preset.startswith("latent") else 28
+    spec = dict(DOCUMENTED[preset])
+    down = spec.pop("down")
+    up = tuple(name.replace("Down", "Up") for name in reversed(down))
+    torch.manual_seed(0)
+    ours = build_unet(preset, size, channels)
+    torch.manual_seed(0)
+    stock = UNet2DModel(sample_size=size, in_channels=channels, out_channels=channels, down_block_types=down,
+                        up_block_types=up, **spec)  # fmt: skip
+    x, t = torch.randn(2, channels, size, size), torch.tensor([0, 999])
+    assert n_params(ours) == n_params(stock)
+    out = ours(x, t).sample
+    assert out.shape == x.shape and torch.equal(out, stock(x, t).sample)
 
 
 def _has_attention(block):

@@ -139,3 +139,34 @@ def test_reference_latent_pipeline_decodes_varied_images(tmp_path, name, dataset
     assert images.shape == (100, 28, 28, 1)
     _, probs = predict(load_classifier(dataset), torch.from_numpy(images).permute(0, 3, 1, 2))
     assert legibility(probs) >= legible and class_entropy(probs) > entropy
+
+
+def test_the_published_classifier_fid_is_reproduced_and_an_untrained_unet_misses_it(shared_data, monkeypatch):
+    """checkpoints/ddpm-mnist sampled and scored again with its eval.json's protocol (1,000 samples,
+    DPM-Solver++ 20 steps, seed 0, against the whole MNIST test split) gives the published numbers; an
+    untrained UNet of the same configuration, scored the same way, lands far outside the same bar."""
+    from diffusers import UNet2DModel
+
+    from hf_ddpm.evaluate import evaluate_unet, load_reference
+
+    folder = CHECKPOINTS / "ddpm-mnist"
+    report = json.loads((folder / "eval.json").read_text())
+    protocol, published = report["protocol"], report["samples"]
+    monkeypatch.setenv("HF_DDPM_DATA_DIR", str(shared_data))
+    reference = load_reference("mnist")
+    assert len(reference.test_images) == 10_000 and protocol["reference"] == "test split, 10000 images"
+    pipeline = DDPMPipeline.from_pretrained(folder, use_safetensors=True)
+    sampling = (protocol["sampler"], protocol["steps"], protocol["num_images"], protocol["seed"])
+
+    def fid(unet) -> dict:
+        return evaluate_unet(unet.eval(), pipeline.scheduler.config, reference, *sampling)
+
+    def near(metrics: dict) -> bool:
+        return (
+            abs(metrics["classifier_fid"] - published["classifier_fid"]) <= 0.02 * published["classifier_fid"]
+            and abs(metrics["legibility"] - published["legibility"]) <= 0.01
+        )
+
+    assert near(fid(pipeline.unet)), published
+    torch.manual_seed(0)
+    assert not near(fid(UNet2DModel.from_config(pipeline.unet.config)))

@@ -54,20 +54,13 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
                 "the UNet has no class embedding: a class-conditional UNet needs num_class_embeds = "
                 "number of classes + 1 (the null class)"
             )
-        num_classes = unet.config.num_class_embeds - 1
-        # JSON turns the int keys into strings; accept both.
-        id2label = {int(k): str(v) for k, v in (id2label or {i: str(i) for i in range(num_classes)}).items()}
-        if sorted(id2label) != list(range(num_classes)):
-            raise ValueError(
-                f"id2label must name the classes 0..{num_classes - 1} of the UNet, "
-                f"got keys {sorted(id2label)}"
-            )
         self.register_modules(unet=unet, scheduler=scheduler)
-        self.register_to_config(id2label=id2label)
+        self.register_to_config(id2label=_class_names(id2label, unet.config.num_class_embeds - 1))
 
     @property
     def num_classes(self) -> int:
-        return self.unet.config.num_class_embeds - 1
+        """The number of real classes, the null class left out; 0 for a UNet without a class embedding."""
+        return (self.unet.config.num_class_embeds or 1) - 1
 
     @property
     def null_class(self) -> int:
@@ -76,17 +69,20 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
 
     @property
     def labels(self) -> dict[str, int]:
-        """Class name -> class index."""
-        return {name: int(i) for i, name in self.config.id2label.items()}
+        """Class name -> class index; empty for a UNet without a class embedding."""
+        return {name: int(i) for i, name in (self.config.id2label or {}).items()}
 
     def get_label_ids(self, class_labels: int | str | list[int | str]) -> torch.Tensor:
         """Class indices (batch,) of labels given as indices or names; `ValueError` for anything else."""
+        if not self.num_classes:
+            raise ValueError(
+                "class_labels were given but the UNet is unconditional (it has no class embedding)"
+            )
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
         if not len(class_labels):
             raise ValueError("class_labels is empty: give at least one class index or name")
-        names = self.labels
-        ids = []
+        names, ids = self.labels, []
         for label in class_labels:
             if isinstance(label, str) and label in names:
                 ids.append(names[label])
@@ -129,42 +125,66 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         if output_type not in ("pil", "np", "pt"):
             raise ValueError(f"output_type must be 'pil', 'np' or 'pt', got {output_type!r}")
         labels = self.get_label_ids(class_labels).to(self.device)
-        null = torch.full_like(labels, self.null_class)
-        guided = guidance_scale not in (0, 1)
-        if guided:
-            model_labels = torch.cat([labels, null])
-        else:
-            model_labels = labels if guidance_scale == 1 else null
+        image = self._denoise(len(labels), labels, guidance_scale, num_inference_steps, generator)
+        return self._to_output(image, output_type, return_dict)
 
+    def _denoise(
+        self,
+        batch_size: int,
+        labels: torch.Tensor | None,
+        guidance_scale: float,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """The scheduler's chain from noise of the UNet's sample shape to a sample, `batch_size` of them."""
         config = self.unet.config
-        shape = (len(labels), config.in_channels, config.sample_size, config.sample_size)
-        image = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+        size = config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, config.in_channels, height, width)
+        sample = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        # Schedulers that work in sigma space (Euler, ...) start from noise of std sigma_max, not 1.
         # Flow matching's schedulers start from unit noise and scale no model input: they have neither.
-        image = image * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        sample = sample * getattr(self.scheduler, "init_noise_sigma", 1.0)
         step_kwargs = {"generator": generator} if _accepts(self.scheduler.step, "generator") else {}
-
         for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = image
+            model_input = sample
             if hasattr(self.scheduler, "scale_model_input"):
-                model_input = self.scheduler.scale_model_input(image, t)
-            if guided:
-                model_input = torch.cat([model_input, model_input])
-            output = self.unet(model_input, t, class_labels=model_labels).sample
-            if guided:
-                conditional, unconditional = output.chunk(2)
-                output = unconditional + guidance_scale * (conditional - unconditional)
-            image = self.scheduler.step(output, t, image, **step_kwargs).prev_sample
+                model_input = self.scheduler.scale_model_input(sample, t)
+            output = self._model_output(model_input, t, labels, guidance_scale)
+            sample = self.scheduler.step(output, t, sample, **step_kwargs).prev_sample
+        return sample
 
+    def _model_output(
+        self, x: torch.Tensor, t, labels: torch.Tensor | None, guidance_scale: float
+    ) -> torch.Tensor:
+        """The UNet's output at (x_t, t), mixed with classifier-free guidance for a class-conditional UNet:
+        eps(x, t, null) + w * (eps(x, t, y) - eps(x, t, null)); the null class is index `num_classes`."""
+        if not self.num_classes:
+            return self.unet(x, t).sample
+        null = torch.full((len(x),), self.num_classes, dtype=torch.long, device=self.device)
+        # w = 0 and w = 1 (and no labels) need one of the two models only: one forward of B instead of 2B.
+        if labels is None or guidance_scale == 0:
+            return self.unet(x, t, class_labels=null).sample
+        if guidance_scale == 1:
+            return self.unet(x, t, class_labels=labels).sample
+        conditional, unconditional = self.unet(
+            torch.cat([x, x]), t, class_labels=torch.cat([labels, null])
+        ).sample.chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    def _to_output(
+        self, image: torch.Tensor, output_type: str, return_dict: bool
+    ) -> ImagePipelineOutput | tuple:
+        """Images in [-1, 1] as `output_type` asks: "pt" or "np" in [0, 1], or "pil". Values beyond [-1, 1]
+        (a decoder's overshoot) are clamped."""
         image = (image / 2 + 0.5).clamp(0, 1)
-        if output_type == "pt":
-            images = image
-        else:
-            images = image.cpu().permute(0, 2, 3, 1).float().numpy()
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
             if output_type == "pil":
-                images = self.numpy_to_pil(images)
+                image = self.numpy_to_pil(image)
         self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        return ImagePipelineOutput(images=image) if return_dict else (image,)
 
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         """`DiffusionPipeline.save_pretrained`, plus this file beside the weights and its name in
@@ -176,6 +196,17 @@ class ClassConditionalDDPMPipeline(DiffusionPipeline):
         index = json.loads(index_path.read_text())
         index["_class_name"] = [MODULE, type(self).__name__]
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
+
+
+def _class_names(id2label: dict | None, num_classes: int) -> dict[int, str]:
+    """`id2label` with int keys (JSON turns them into strings), checked to name the classes
+    0..num_classes - 1; None gives the indices as strings."""
+    id2label = {int(k): str(v) for k, v in (id2label or {i: str(i) for i in range(num_classes)}).items()}
+    if sorted(id2label) != list(range(num_classes)):
+        raise ValueError(
+            f"id2label must name the classes 0..{num_classes - 1} of the UNet, got keys {sorted(id2label)}"
+        )
+    return id2label
 
 
 def _accepts(function, name: str) -> bool:

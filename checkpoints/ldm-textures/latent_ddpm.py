@@ -95,15 +95,7 @@ class LatentDDPMPipeline(DiffusionPipeline):
                     f"the UNet has num_class_embeds={num_class_embeds}: a class-conditional UNet needs "
                     "num_class_embeds = number of classes + 1 (the null class)"
                 )
-            num_classes = num_class_embeds - 1
-            # JSON turns the int keys into strings; accept both.
-            default = {i: str(i) for i in range(num_classes)}
-            id2label = {int(k): str(v) for k, v in (id2label or default).items()}
-            if sorted(id2label) != list(range(num_classes)):
-                raise ValueError(
-                    f"id2label must name the classes 0..{num_classes - 1} of the UNet, "
-                    f"got keys {sorted(id2label)}"
-                )
+            id2label = _class_names(id2label, num_class_embeds - 1)
         self.register_modules(vae=vae, unet=unet, scheduler=scheduler)
         self.register_to_config(id2label=id2label)
 
@@ -112,10 +104,11 @@ class LatentDDPMPipeline(DiffusionPipeline):
         """Whether the UNet takes class labels (it has a class embedding)."""
         return self.unet.config.num_class_embeds is not None
 
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline.num_classes
     @property
     def num_classes(self) -> int:
-        """The number of real classes; 0 for an unconditional UNet."""
-        return self.unet.config.num_class_embeds - 1 if self.is_conditional else 0
+        """The number of real classes, the null class left out; 0 for a UNet without a class embedding."""
+        return (self.unet.config.num_class_embeds or 1) - 1
 
     @property
     def null_class(self) -> int:
@@ -124,24 +117,24 @@ class LatentDDPMPipeline(DiffusionPipeline):
             raise ValueError("the UNet is unconditional: it has no class embedding and no null class")
         return self.num_classes
 
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline.labels
     @property
     def labels(self) -> dict[str, int]:
-        """Class name -> class index; empty for an unconditional UNet."""
+        """Class name -> class index; empty for a UNet without a class embedding."""
         return {name: int(i) for i, name in (self.config.id2label or {}).items()}
 
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline.get_label_ids
     def get_label_ids(self, class_labels: int | str | list[int | str]) -> torch.Tensor:
         """Class indices (batch,) of labels given as indices or names; `ValueError` for anything else."""
-        if not self.is_conditional:
+        if not self.num_classes:
             raise ValueError(
-                "class_labels were given but the UNet is unconditional (no class embedding): "
-                "ask for batch_size images instead"
+                "class_labels were given but the UNet is unconditional (it has no class embedding)"
             )
         if isinstance(class_labels, (int, str)):
             class_labels = [class_labels]
         if not len(class_labels):
             raise ValueError("class_labels is empty: give at least one class index or name")
-        names = self.labels
-        ids = []
+        names, ids = self.labels, []
         for label in class_labels:
             if isinstance(label, str) and label in names:
                 ids.append(names[label])
@@ -210,42 +203,15 @@ class LatentDDPMPipeline(DiffusionPipeline):
                     f"batch_size={batch_size} but {len(labels)} class labels were given: a class-conditional "
                     "UNet makes one image per label, leave batch_size out"
                 )
-            batch = len(labels)
-            null = torch.full_like(labels, self.null_class)
-            guided = guidance_scale not in (0, 1)
-            if guided:
-                model_labels = torch.cat([labels, null])
-            else:
-                # w = 0 and w = 1 pick one of the two models: one forward of B instead of 2B.
-                model_labels = labels if guidance_scale == 1 else null
+            batch_size = len(labels)
         else:
             if class_labels is not None:
-                self.get_label_ids(class_labels)  # raises: an unconditional UNet takes no labels
-            batch = 1 if batch_size is None else batch_size
-            guided, model_labels = False, None
-
-        config = self.unet.config
-        size = config.sample_size
-        height, width = (size, size) if isinstance(size, int) else tuple(size)
-        shape = (batch, config.in_channels, height, width)
-        latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        # Schedulers that work in sigma space (Euler, ...) start from noise of std sigma_max, not 1.
-        # Flow matching's schedulers start from unit noise and scale no model input: they have neither.
-        latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
-        step_kwargs = {"generator": generator} if _accepts(self.scheduler.step, "generator") else {}
-
-        for t in self.progress_bar(self.scheduler.timesteps):
-            model_input = latents
-            if hasattr(self.scheduler, "scale_model_input"):
-                model_input = self.scheduler.scale_model_input(latents, t)
-            if guided:
-                model_input = torch.cat([model_input, model_input])
-            output = self.unet(model_input, t, class_labels=model_labels).sample
-            if guided:
-                conditional, unconditional = output.chunk(2)
-                output = unconditional + guidance_scale * (conditional - unconditional)
-            latents = self.scheduler.step(output, t, latents, **step_kwargs).prev_sample
+                raise ValueError(
+                    "class_labels were given but the UNet is unconditional (it has no class embedding): "
+                    "ask for batch_size images instead"
+                )
+            labels, batch_size = None, batch_size or 1
+        latents = self._denoise(batch_size, labels, guidance_scale, num_inference_steps, generator)
 
         if output_type == "latent":
             self.maybe_free_model_hooks()
@@ -258,17 +224,71 @@ class LatentDDPMPipeline(DiffusionPipeline):
         if getattr(vae_config, "shift_factor", None) is not None:
             latents = latents + vae_config.shift_factor
         image = self.vae.decode(latents.to(self.vae.dtype)).sample
-        # The VAE was trained on images in [-1, 1]; its decoder can overshoot, so clamp before mapping.
-        image = (image.clamp(-1, 1) + 1) / 2
-        if output_type == "pt":
-            images = image
-        else:
-            images = image.cpu().permute(0, 2, 3, 1).float().numpy()
-            if output_type == "pil":
-                images = self.numpy_to_pil(images)
-        self.maybe_free_model_hooks()
-        return ImagePipelineOutput(images=images) if return_dict else (images,)
+        # The VAE was trained on images in [-1, 1]; its decoder can overshoot, which _to_output clamps.
+        return self._to_output(image, output_type, return_dict)
 
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline._denoise
+    def _denoise(
+        self,
+        batch_size: int,
+        labels: torch.Tensor | None,
+        guidance_scale: float,
+        num_inference_steps: int,
+        generator: torch.Generator | list[torch.Generator] | None,
+    ) -> torch.Tensor:
+        """The scheduler's chain from noise of the UNet's sample shape to a sample, `batch_size` of them."""
+        config = self.unet.config
+        size = config.sample_size
+        height, width = (size, size) if isinstance(size, int) else tuple(size)
+        shape = (batch_size, config.in_channels, height, width)
+        sample = randn_tensor(shape, generator=generator, device=self.device, dtype=self.unet.dtype)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        # Schedulers that work in sigma space (Euler, ...) start from noise of std sigma_max, not 1.
+        # Flow matching's schedulers start from unit noise and scale no model input: they have neither.
+        sample = sample * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        step_kwargs = {"generator": generator} if _accepts(self.scheduler.step, "generator") else {}
+        for t in self.progress_bar(self.scheduler.timesteps):
+            model_input = sample
+            if hasattr(self.scheduler, "scale_model_input"):
+                model_input = self.scheduler.scale_model_input(sample, t)
+            output = self._model_output(model_input, t, labels, guidance_scale)
+            sample = self.scheduler.step(output, t, sample, **step_kwargs).prev_sample
+        return sample
+
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline._model_output
+    def _model_output(
+        self, x: torch.Tensor, t, labels: torch.Tensor | None, guidance_scale: float
+    ) -> torch.Tensor:
+        """The UNet's output at (x_t, t), mixed with classifier-free guidance for a class-conditional UNet:
+        eps(x, t, null) + w * (eps(x, t, y) - eps(x, t, null)); the null class is index `num_classes`."""
+        if not self.num_classes:
+            return self.unet(x, t).sample
+        null = torch.full((len(x),), self.num_classes, dtype=torch.long, device=self.device)
+        # w = 0 and w = 1 (and no labels) need one of the two models only: one forward of B instead of 2B.
+        if labels is None or guidance_scale == 0:
+            return self.unet(x, t, class_labels=null).sample
+        if guidance_scale == 1:
+            return self.unet(x, t, class_labels=labels).sample
+        conditional, unconditional = self.unet(
+            torch.cat([x, x]), t, class_labels=torch.cat([labels, null])
+        ).sample.chunk(2)
+        return unconditional + guidance_scale * (conditional - unconditional)
+
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline._to_output
+    def _to_output(
+        self, image: torch.Tensor, output_type: str, return_dict: bool
+    ) -> ImagePipelineOutput | tuple:
+        """Images in [-1, 1] as `output_type` asks: "pt" or "np" in [0, 1], or "pil". Values beyond [-1, 1]
+        (a decoder's overshoot) are clamped."""
+        image = (image / 2 + 0.5).clamp(0, 1)
+        if output_type != "pt":
+            image = image.cpu().permute(0, 2, 3, 1).float().numpy()
+            if output_type == "pil":
+                image = self.numpy_to_pil(image)
+        self.maybe_free_model_hooks()
+        return ImagePipelineOutput(images=image) if return_dict else (image,)
+
+    # Copied from hf_ddpm.pipelines.class_conditional_ddpm.ClassConditionalDDPMPipeline.save_pretrained
     def save_pretrained(self, save_directory: str | Path, **kwargs) -> None:
         """`DiffusionPipeline.save_pretrained`, plus this file beside the weights and its name in
         `model_index.json`, so `DiffusionPipeline.from_pretrained(..., trust_remote_code=True)` finds it."""
@@ -281,5 +301,18 @@ class LatentDDPMPipeline(DiffusionPipeline):
         index_path.write_text(json.dumps(index, indent=2, sort_keys=True) + "\n")
 
 
+# Copied from hf_ddpm.pipelines.class_conditional_ddpm._class_names
+def _class_names(id2label: dict | None, num_classes: int) -> dict[int, str]:
+    """`id2label` with int keys (JSON turns them into strings), checked to name the classes
+    0..num_classes - 1; None gives the indices as strings."""
+    id2label = {int(k): str(v) for k, v in (id2label or {i: str(i) for i in range(num_classes)}).items()}
+    if sorted(id2label) != list(range(num_classes)):
+        raise ValueError(
+            f"id2label must name the classes 0..{num_classes - 1} of the UNet, got keys {sorted(id2label)}"
+        )
+    return id2label
+
+
+# Copied from hf_ddpm.pipelines.class_conditional_ddpm._accepts
 def _accepts(function, name: str) -> bool:
     return name in inspect.signature(function).parameters
