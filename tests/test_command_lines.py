@@ -75,3 +75,26 @@ def test_bad_arguments_end_in_one_line_and_status_2(cmd, message, tmp_path):
     errors = [line for line in result.stderr.splitlines() if "error:" in line]
     assert len(errors) == 1 and message in errors[0], result.stderr[-3000:]
     assert result.stderr.strip().splitlines()[-1] == errors[0]
+
+
+def test_the_sample_command_draws_what_generate_draws(tmp_path):
+    """`python -m hf_ddpm.sample` writes the grid of `generate`'s images for the same model, sampler, steps,
+    seed and guidance: the command adds nothing of its own to the pixels."""
+    import numpy as np
+    from PIL import Image
+
+    from hf_ddpm.pipeline import generate, grid_columns, load_pipeline, save_grid
+
+    out = tmp_path / "grid.png"
+    cmd = [*PY, "-m", "hf_ddpm.sample", "--model", CFG_MODEL, "--sampler", "ddim", "--steps", "4",
+           "--num-images", "10", "--seed", "3", "--guidance-scale", "1.5", "--device", "cpu",
+           "--out", out]  # fmt: skip
+    result = subprocess.run([str(c) for c in cmd], cwd=tmp_path, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "10 images, ddim 4 steps" in result.stdout
+    pipeline = load_pipeline(CFG_MODEL, "ddim")
+    expected = save_grid(generate(pipeline, 10, 4, 3, guidance_scale=1.5), tmp_path / "expected.png",
+                         cols=grid_columns(pipeline))  # fmt: skip
+    found, wanted = (np.asarray(Image.open(p), dtype=np.int16) for p in (out, expected))
+    assert found.shape == wanted.shape and np.abs(found - wanted).max() <= 1  # rounding at most
+    assert (found != wanted).mean() < 1e-3
