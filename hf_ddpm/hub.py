@@ -9,7 +9,7 @@ optimizer state, TensorBoard logs and the intermediate `samples/step_*.png` stay
 commit; files that did not change are not sent again.
 
 `python -m hf_ddpm.hub push space/ my-org/ddpm-demo` uploads the demo as a Space instead (a folder whose
-README.md front matter names an `sdk`; see `hf_ddpm.space`).
+README.md front matter names an `sdk`; see `hf_ddpm.demo.space`).
 
 The token comes from `--token`, else `$HF_TOKEN`, else the login saved by `hf auth login`. The endpoint is
 `$HF_ENDPOINT` (default https://huggingface.co). Pushing only reads the output folder.
@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 
 from .arguments import ArgumentParser
-from .space import is_space
+from .demo.space import is_space
 
 # The licence ids a model card's `license:` may take: the Hub refuses a card with any other
 # (https://huggingface.co/docs/hub/repositories-licenses).
@@ -242,7 +242,7 @@ def _push_space(args: argparse.Namespace, push: argparse.ArgumentParser) -> None
 
     # The module as imported: run with -m, this file is __main__, whose HubPushError is another class.
     from . import hub
-    from .space import push_space, space_files
+    from .demo.space import push_space, space_files
 
     try:
         files = space_files(args.output_dir, args.model)

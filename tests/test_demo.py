@@ -1,5 +1,5 @@
-"""The demo's logic (hf_ddpm.demo, hf_ddpm.live) called directly, then the real app in its own process through
-the real `gradio_client`: streamed frames, final images equal to the pipeline's, bad input answered in one
+"""The demo's logic (hf_ddpm.demo.actions, hf_ddpm.demo.live) called directly, then the real app in its own
+process through the real `gradio_client`: streamed frames, final images equal to the pipeline's, bad input answered in one
 line while the server keeps serving, and two users at once each getting their own images."""
 
 import socket
@@ -13,7 +13,7 @@ gr = pytest.importorskip("gradio", reason="the demo needs gradio: pip install 'h
 
 from demo_server import REPO, start_demo  # noqa: E402
 
-from hf_ddpm.demo_actions import (  # noqa: E402
+from hf_ddpm.demo.actions import (  # noqa: E402
     ModelCache,
     draw_frames,
     explore,
@@ -23,7 +23,7 @@ from hf_ddpm.demo_actions import (  # noqa: E402
     reference_models,
     sketch_to_image,
 )
-from hf_ddpm.live import Frame, frames  # noqa: E402
+from hf_ddpm.demo.live import Frame, frames  # noqa: E402
 from hf_ddpm.pipeline import load_pipeline  # noqa: E402
 from hf_ddpm.scheduler import LinearNoiseScheduler  # noqa: E402
 
@@ -88,7 +88,7 @@ def test_forward_process_is_the_closed_form_and_its_statistics():
 
 
 def test_explorer_reads_real_examples(shared_data):
-    from hf_ddpm.demo_actions import Examples
+    from hf_ddpm.demo.actions import Examples
 
     examples = Examples()
     x0, xt, stats, table = explore(examples, str(shared_data / "mnist"), 7, 1000, "linear", 0)
@@ -316,7 +316,7 @@ def test_bad_requests_get_one_line_and_the_server_keeps_serving(app):
 
 
 def test_the_draw_tab_offers_the_pixel_space_ddpms_only():
-    from hf_ddpm.demo_actions import drawable
+    from hf_ddpm.demo.actions import drawable
 
     offered = {name for name, folder in reference_models().items() if drawable(folder)}
     assert offered == {"ddpm-mnist", "ddpm-mnist-cfg", "ddpm-textures", "ddpm-textures-cfg"}

@@ -270,8 +270,8 @@ def test_generate_streams_the_denoising_and_draws_the_digit_asked_for(page, clas
 def test_forward_explorer_follows_the_t_slider(page):
     """Moving t changes alpha_bar_t in the text and x_t in the picture, which is the closed form of the digit
     shown as x_0 with the seeded noise; t = 0 shows x_0 itself."""
-    from hf_ddpm.demo_actions import forward_process
-    from hf_ddpm.live import to_uint8_images
+    from hf_ddpm.demo.actions import forward_process
+    from hf_ddpm.demo.live import to_uint8_images
     from hf_ddpm.scheduler import LinearNoiseScheduler
 
     page.tab("Forward process")

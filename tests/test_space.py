@@ -57,8 +57,8 @@ def test_push_uploads_the_app_the_package_and_the_pipelines_as_a_space(hub, push
         / "data"
         / "mnist"
         / "test-00000-of-00001.parquet",
-        "hf_ddpm/demo.py": REPO / "hf_ddpm" / "demo.py",
-        "hf_ddpm/live.py": REPO / "hf_ddpm" / "live.py",
+        "hf_ddpm/demo/app.py": REPO / "hf_ddpm" / "demo" / "app.py",
+        "hf_ddpm/demo/live.py": REPO / "hf_ddpm" / "demo" / "live.py",
         "hf_ddpm/pipelines/inpainting_ddpm.py": REPO / "pipelines" / "inpainting_ddpm.py",
         "hf_ddpm/pipelines/class_conditional_ddpm.py": REPO / "pipelines" / "class_conditional_ddpm.py",
     }
@@ -98,7 +98,7 @@ def test_the_pushed_space_runs_offline_from_its_own_files(hub, pushed, tmp_path)
     probe = subprocess.run(
         [sys.executable, "-c", which], cwd=folder, capture_output=True, text=True, check=True
     )
-    assert probe.stdout.strip() == str(folder / "hf_ddpm" / "demo.py")
+    assert probe.stdout.strip() == str(folder / "hf_ddpm" / "demo" / "__init__.py")
 
     env = {**hub_env("http://127.0.0.1:9", home, HF_HUB_OFFLINE="1"), "HF_DDPM_DATA_DIR": None}
     server = start_demo(

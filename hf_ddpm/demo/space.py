@@ -34,9 +34,9 @@ def space_files(space_dir: str | Path, models: list[str | Path] | None = None) -
     `models` are pipeline folders (default: `DEFAULT_MODELS` of the reference checkpoints). `ValueError`
     names what is missing: the app file the front matter names, requirements.txt, a pipeline's files.
     """
-    from . import pipelines
-    from .classifier import DEFAULT_DIR as REFERENCE_DIR  # the committed checkpoints
-    from .hub import files_to_upload
+    from .. import pipelines
+    from ..classifier import CHECKOUT as REFERENCE_DIR  # the reference checkpoints of a source checkout
+    from ..hub import files_to_upload
 
     folder = Path(space_dir)
     metadata = front_matter(folder / "README.md")
@@ -50,8 +50,10 @@ def space_files(space_dir: str | Path, models: list[str | Path] | None = None) -
         if path.is_file()
         and not any(part.startswith((".", "__pycache__")) for part in path.relative_to(folder).parts)
     ]
-    package = Path(__file__).resolve().parent
-    files += [(f"hf_ddpm/{path.name}", path) for path in sorted(package.glob("*.py"))]
+    package = Path(__file__).resolve().parents[1]  # hf_ddpm, with its demo and training sub-packages
+    files += [
+        (f"hf_ddpm/{path.relative_to(package).as_posix()}", path) for path in sorted(package.rglob("*.py"))
+    ]
     files += [
         (f"hf_ddpm/pipelines/{p.name}", p) for p in sorted(Path(pipelines.__file__).parent.glob("*.py"))
     ]
@@ -73,7 +75,7 @@ def push_space(
     front matter's sdk if needed; returns the commit's URL. `HubPushError` when the Hub refuses."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
-    from .hub import HubPushError, _explain, create_repo
+    from ..hub import HubPushError, _explain, create_repo
 
     files = space_files(space_dir, models)
     sdk = front_matter(Path(space_dir) / "README.md")["sdk"]

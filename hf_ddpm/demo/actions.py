@@ -19,17 +19,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .classifier import DEFAULT_DIR as REFERENCE_DIR  # the committed checkpoints
-from .data import load_labeled_split, to_model_range
-from .live import Frame, frames, latent_decoder, tile_frame, to_uint8_images, watch_steps
-from .pipeline import is_flow, load_pipeline, make_pipeline, make_scheduler
-from .pipelines.inpainting_ddpm import (
+from ..classifier import CHECKOUT as REFERENCE_DIR  # the reference checkpoints of a source checkout
+from ..data import load_labeled_split, to_model_range
+from ..pipeline import is_flow, load_pipeline, make_pipeline, make_scheduler
+from ..pipelines.inpainting_ddpm import (
     InpaintingDDPMPipeline,
     SDEditDDPMPipeline,
     repaint_schedule,
     sdedit_timesteps,
 )
-from .scheduler import BETA_SCHEDULES, LinearNoiseScheduler
+from ..scheduler import BETA_SCHEDULES, LinearNoiseScheduler
+from .live import Frame, frames, latent_decoder, tile_frame, to_uint8_images, watch_steps
 
 DEFAULT_MODEL = "ddpm-mnist-cfg"
 HUB_ID = re.compile(r"^[\w.-]+/[\w.-]+$")

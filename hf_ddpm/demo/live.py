@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .pipeline import is_flow
+from ..pipeline import is_flow
 
 
 @dataclass

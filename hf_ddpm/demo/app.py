@@ -24,9 +24,12 @@ from pathlib import Path
 
 import numpy as np
 
-from .arguments import ArgumentParser, at_least
-from .data import DATA_DIR_ENV
-from .demo_actions import (
+from ..arguments import ArgumentParser, at_least
+from ..data import DATA_DIR_ENV
+from ..pipeline import objective_of
+from ..samplers import sampler_names
+from ..scheduler import BETA_SCHEDULES
+from .actions import (
     ANY_CLASS,
     DEFAULT_MODEL,
     HUB_ID,
@@ -43,9 +46,6 @@ from .demo_actions import (
     import_gradio,
     reference_models,
 )
-from .pipeline import objective_of
-from .samplers import sampler_names
-from .scheduler import BETA_SCHEDULES
 
 CANVAS = 280  # the sketchpad's size: 10 canvas pixels per image pixel
 # Images are shown at 28x28, enlarged by the browser without smoothing.
