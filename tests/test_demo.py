@@ -1,6 +1,6 @@
 """The demo's logic (hf_ddpm.demo.actions, hf_ddpm.demo.live) called directly, then the real app in its own
-process through the real `gradio_client`: streamed frames, final images equal to the pipeline's, bad input answered in one
-line while the server keeps serving, and two users at once each getting their own images."""
+process through the real `gradio_client`: streamed frames, final images equal to the pipeline's, bad input
+answered in one line while the server keeps serving, and two users at once each getting their own images."""
 
 import socket
 import threading
