@@ -4,6 +4,11 @@ sampling run while it runs (`live`), and the app as a Hugging Face Space (`space
     python -m hf_ddpm.demo [--model checkpoints/ddpm-mnist-cfg ...]      # pip install 'hf-ddpm[demo]'
 """
 
-from .app import main
 
-__all__ = ["main"]
+
+def main(argv: list[str] | None = None) -> None:
+    """`python -m hf_ddpm.demo`. Imported on call: `hf_ddpm.hub` imports `space` from here, and the app
+    imports what imports the hub."""
+    from .app import main as run
+
+    run(argv)
