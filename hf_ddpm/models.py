@@ -77,6 +77,7 @@ def unet_config(
     sample_size: int = 28,
     in_channels: int = 1,
     out_channels: int | None = None,
+    variance_type: str = "fixed_small",
     **overrides: Any,
 ) -> dict[str, Any]:
     """Returns the `UNet2DModel` keyword arguments of a preset for the given image geometry.
@@ -85,7 +86,11 @@ def unet_config(
         preset: a key of `PRESETS`.
         sample_size: height and width of the images; must survive the preset's downsamplings.
         in_channels: image channels (1 for MNIST and the textures, 3 for RGB).
-        out_channels: defaults to `in_channels` (epsilon, v and x_0 all have the image's shape).
+        out_channels: defaults to `in_channels` (epsilon, v and x_0 all have the image's shape), twice that
+            for a learned `variance_type`.
+        variance_type: the scheduler's (`diffusion.variance_type`): `learned` and `learned_range` models
+            output the prediction and then the variances, 2 x `in_channels` channels, which the scheduler
+            splits (Nichol & Dhariwal 2021).
         overrides: any other `UNet2DModel` argument, e.g. `dropout=0.1`.
     """
     if preset not in PRESETS:
@@ -103,13 +108,15 @@ def unet_config(
     return dict(
         sample_size=sample_size,
         in_channels=in_channels,
-        out_channels=out_channels or in_channels,
+        out_channels=out_channels
+        or in_channels * (2 if variance_type in ("learned", "learned_range") else 1),
         **config,
     )
 
 
 def build_unet(preset: str, sample_size: int = 28, in_channels: int = 1, **overrides: Any):
-    """A freshly initialised `diffusers.UNet2DModel` from a preset (see `unet_config`)."""
+    """A freshly initialised `diffusers.UNet2DModel` from a preset (see `unet_config`; `variance_type=` sets
+    the output channels of learned variances)."""
     from diffusers import UNet2DModel
 
     return UNet2DModel(**unet_config(preset, sample_size, in_channels, **overrides))

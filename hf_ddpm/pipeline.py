@@ -30,7 +30,7 @@ from .config import DiffusionConfig
 from .hub import component_names
 from .pipelines.class_conditional_ddpm import ClassConditionalDDPMPipeline
 from .pipelines.latent_ddpm import LatentDDPMPipeline
-from .scheduler import LinearNoiseScheduler
+from .scheduler import LEARNED_VARIANCE_TYPES, LinearNoiseScheduler
 
 # Sampler names of the CLI and the training config -> scheduler classes swapped in through `from_config`.
 SAMPLERS = {
@@ -54,7 +54,8 @@ def make_scheduler(sampler: str, config: dict):
     """A scheduler of the kind `sampler` (a key of `SAMPLERS`) with the noise schedule in `config`.
 
     A flow-matching config (`is_flow`) takes `flow-euler`, or `dpm-solver` in its flow mode (DPM-Solver++ on
-    the sigmas t of the straight path, the UNet's output read as the velocity).
+    the sigmas t of the straight path, the UNet's output read as the velocity). A model with learned variances
+    (`variance_type` learned or learned_range) takes `ddpm` only.
     """
     if sampler not in SAMPLERS:
         raise ValueError(f"sampler {sampler!r} is unknown: choose one of {list(SAMPLERS)}")
@@ -63,6 +64,11 @@ def make_scheduler(sampler: str, config: dict):
     if sampler not in allowed:
         kind = "a flow-matching" if flow else "a DDPM"
         raise ValueError(f"sampler {sampler!r} cannot sample {kind} model: choose one of {list(allowed)}")
+    if config.get("variance_type") in LEARNED_VARIANCE_TYPES and sampler != "ddpm":
+        raise ValueError(
+            f"sampler {sampler!r} cannot sample a model with learned variances (diffusers' DDIM ignores the "
+            "variance channels, DPM-Solver reads 3 of them as the mean): use ddpm, with fewer steps for speed"
+        )
     if flow and sampler == "dpm-solver":
         return DPMSolverMultistepScheduler.from_config(
             config,

@@ -137,7 +137,14 @@ def main(cfg: Config) -> None:
     components = {"id2label": id2label, "vae": vae}
     conditioning = {"num_class_embeds": len(id2label) + 1} if id2label else {}  # + the null class
     try:
-        unet = build_unet(cfg.model.preset, size, channels, dropout=cfg.model.dropout, **conditioning)
+        unet = build_unet(
+            cfg.model.preset,
+            size,
+            channels,
+            dropout=cfg.model.dropout,
+            variance_type=cfg.diffusion.variance_type,
+            **conditioning,
+        )
     except ValueError as err:
         sys.exit(f"error: {err}")
     if accelerator.is_main_process:
