@@ -327,8 +327,8 @@ class LinearNoiseScheduler(SchedulerMixin, ConfigMixin):
           later with an IndexError), negative or empty custom timesteps.
         - `trailing` spacing can make stock's float stride add a spurious timestep -1 (e.g. T = 1000, n = 61);
           this scheduler keeps the n real timesteps.
-        - `fixed_large_log`: stock takes the square root of log(beta_t) and samples NaN; here the noise scale
-          is exp(log(beta_t) / 2), the `fixed_large` step. `_get_variance` returns log(beta_t), as stock's.
+        - `fixed_large_log`: stock takes the square root of log(beta_t) and samples NaN; here it samples as
+          `fixed_large` (noise scale sqrt(beta_t)). `_get_variance` returns log(beta_t), as stock's.
         - After `set_timesteps(timesteps=...)`, `num_inference_steps` is the number of custom timesteps (stock
           leaves the previous value).
         - A model output whose channels do not fit the variance type (2C for `learned` / `learned_range`, C
@@ -814,10 +814,13 @@ class LinearNoiseScheduler(SchedulerMixin, ConfigMixin):
     def _noise_scale(self, t: int | torch.Tensor, predicted_variance: torch.Tensor | None) -> torch.Tensor:
         """sigma_t, the standard deviation of the noise `step` adds, from `_get_variance`'s stored form."""
         kind = self.variance_type or "fixed_small"
+        if kind == "fixed_large_log":
+            # Stock takes sqrt(log beta_t), NaN; this is its fixed_large step, the variance meant.
+            return self._get_variance(t, variance_type="fixed_large") ** 0.5
         stored = self._get_variance(t, predicted_variance=predicted_variance)
         if kind == "fixed_small_log":
             return stored
-        if kind in ("fixed_large_log", "learned_range"):
+        if kind == "learned_range":
             return torch.exp(0.5 * stored)
         return stored**0.5
 
