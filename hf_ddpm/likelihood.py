@@ -308,7 +308,6 @@ def variational_bound(
     total = len(tables.alphas_cumprod)
     generator = torch.Generator(device="cpu").manual_seed(seed)
     image_batch = max(1, min(len(images), batch_size))
-    per_t = max(1, batch_size // image_batch)
     per_image, prior_sum = [], 0.0
     term_sums = torch.zeros(total, dtype=torch.float64, device=device)
     starts = range(0, len(images), image_batch)
@@ -319,6 +318,7 @@ def variational_bound(
     for start in starts:
         x0 = images[start : start + image_batch].to(device).double() / 127.5 - 1  # as data.to_model_range
         n = len(x0)
+        per_t = max(1, batch_size // n)  # timesteps per model call
         bits = prior_bits(x0, tables)
         prior_sum += float(bits.sum())
         for first in range(0, total, per_t):
