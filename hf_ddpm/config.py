@@ -80,16 +80,30 @@ class DiffusionConfig:
     time_sampling: Literal["uniform", "logit_normal"] = "uniform"
     logit_mean: float = 0.0
     logit_std: float = 1.0
+    # The scheduler's keys, in DDPMScheduler's order; see hf_ddpm/scheduler.py for what each does.
     num_train_timesteps: int = 1000
     beta_start: float = 0.0001
     beta_end: float = 0.02
-    beta_schedule: str = "linear"
-    variance_type: str = "fixed_small"
+    beta_schedule: Literal["linear", "scaled_linear", "squaredcos_cap_v2", "sigmoid", "laplace"] = "linear"
+    # The betas themselves, one per timestep (overrides beta_schedule, beta_start and beta_end).
+    trained_betas: list[float] | None = None
+    # learned_range: the UNet also predicts its variances (2x the channels), trained with L_hybrid (Nichol &
+    # Dhariwal 2021); sampled by the ddpm sampler only. `learned` and `fixed_large_log` cannot be trained
+    # here (see _check_variance).
+    variance_type: Literal[
+        "fixed_small", "fixed_small_log", "fixed_large", "fixed_large_log", "learned", "learned_range"
+    ] = "fixed_small"
     clip_sample: bool = True
+    prediction_type: Literal["epsilon", "v_prediction", "sample"] = "epsilon"
+    # Dynamic thresholding of the predicted x_0 when sampling (Saharia et al. 2022), instead of clipping.
+    thresholding: bool = False
+    dynamic_thresholding_ratio: float = 0.995
     clip_sample_range: float = 1.0
-    prediction_type: str = "epsilon"
-    timestep_spacing: str = "leading"
+    sample_max_value: float = 1.0
+    timestep_spacing: Literal["leading", "linspace", "trailing"] = "leading"
     steps_offset: int = 0
+    # Zero terminal SNR (Lin et al. 2024): x_T holds no signal at all; needs prediction_type v_prediction.
+    rescale_betas_zero_snr: bool = False
 
     @property
     def flow_matching(self) -> bool:
@@ -416,6 +430,8 @@ def _check_values(config: Config) -> None:
             "the model card at push time): use one such as apache-2.0, mit, cc-by-4.0 or other (the list "
             "is hf_ddpm.hub.HUB_LICENSES)"
         )
+    _check_variance(config)
+    _check_scheduler(config.diffusion)
     from .models import unet_config  # no torch import: only the preset table
 
     # A latent UNet's input size is the autoencoder's latent size, checked once the autoencoder is loaded.
@@ -456,6 +472,55 @@ def _check_objective(config: Config) -> None:
         check_sampler(getattr(t, key), d.objective, key=f"training.{key}")
 
 
+def _check_variance(config: Config) -> None:
+    """Variance types that train and export here: the fixed ones but `fixed_large_log`, and learned_range for
+    unconditional pixel models sampled by the ddpm sampler."""
+    d, t, m = config.diffusion, config.training, config.model
+    if d.variance_type == "fixed_large_log":
+        raise ValueError(
+            "diffusion.variance_type fixed_large_log: stock DDPMScheduler samples it as sqrt(log beta_t), "
+            "which is NaN, so the exported pipeline would draw NaN; use fixed_large, the same variance"
+        )
+    if d.variance_type == "learned":
+        raise ValueError(
+            "diffusion.variance_type learned: stock DDPMScheduler reads the UNet's variance channels as the "
+            "variance itself, which training cannot keep positive; use learned_range (Nichol & Dhariwal 2021)"
+        )
+    if d.variance_type != "learned_range":
+        return
+    if d.flow_matching:
+        raise ValueError(
+            "diffusion.variance_type learned_range learns the variances of the DDPM's reverse steps; flow "
+            "matching has none: leave variance_type at its default"
+        )
+    if m.class_conditional or m.latent_autoencoder:
+        raise ValueError(
+            "diffusion.variance_type learned_range is supported for unconditional pixel-space models only "
+            "(the guided and latent pipelines mix or decode whole UNet outputs): set model.class_conditional "
+            "false and model.latent_autoencoder null, or use a fixed variance type"
+        )
+    for key in ("sampler", "eval_sampler") if t.eval_every else ("sampler",):
+        if getattr(t, key) != "ddpm":
+            raise ValueError(
+                f"training.{key} {getattr(t, key)!r} cannot sample a learned_range model (diffusers' DDIM "
+                "ignores its variance channels and DPM-Solver reads 3 of them as the mean): use ddpm, with "
+                "fewer steps (training.num_inference_steps, training.eval_num_inference_steps) for speed"
+            )
+
+
+def _check_scheduler(diffusion: DiffusionConfig) -> None:
+    """The scheduler's own checks of the diffusion keys (beta ranges, trained betas, zero terminal SNR, ...),
+    at load time rather than when training starts."""
+    if diffusion.flow_matching:
+        return
+    from .scheduler import LinearNoiseScheduler
+
+    try:
+        LinearNoiseScheduler(**diffusion.scheduler_kwargs())
+    except ValueError as err:
+        raise ValueError(f"diffusion: {err}") from None
+
+
 def _build_section(section: str, cls: type, values: dict[str, Any]) -> Any:
     hints = typing.get_type_hints(cls)
     unknown = set(values) - set(hints)
@@ -480,6 +545,10 @@ def _coerce(key: str, value: Any, annotation: Any) -> Any:
                 return _coerce(key, value, arg)
             except ValueError:
                 pass
+        choices = [c for a in args if typing.get_origin(a) is Literal for c in typing.get_args(a)]
+        if choices:  # an optional choice: name the choices, and null
+            allowed = choices + ([None] if type(None) in args else [])
+            raise ValueError(f"{key}: got {value!r}, allowed values are {allowed}")
         raise ValueError(f"{key}: expected {_type_name(annotation)}, got {value!r}")
     if origin is list:
         if not isinstance(value, list):

@@ -133,13 +133,7 @@ def write_model_card(
         ),
         samples=_samples_caption(cfg, id2label) if (folder / "samples.png").is_file() else None,
         pipeline_note=_pipeline_note(id2label, code_file),
-        sampler_note=(
-            "`DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, "
-            f"{FLOW_DPM_SOLVER})` samples in fewer steps with a second-order solver."
-            if flow
-            else "`DDIMScheduler` or `DPMSolverMultistepScheduler` can replace the scheduler through "
-            "`from_config(pipeline.scheduler.config)` for sampling in 20 to 50 steps."
-        ),
+        sampler_note=_sampler_note(flow, scheduler),
         scheduler_title=(
             "The sampler (`scheduler/`, a `FlowMatchEulerDiscreteScheduler`)"
             if flow
@@ -153,6 +147,24 @@ def write_model_card(
         licence=_licence_text(licence, restricted, short),
     )
     return write_atomically(folder / "README.md", str(card).rstrip("\n") + "\n")
+
+
+def _sampler_note(flow: bool, scheduler: dict) -> str:
+    if flow:
+        return (
+            "`DPMSolverMultistepScheduler.from_config(pipeline.scheduler.config, "
+            f"{FLOW_DPM_SOLVER})` samples in fewer steps with a second-order solver."
+        )
+    if scheduler.get("variance_type") in ("learned", "learned_range"):
+        return (
+            "Learned variances are meant to keep ancestral sampling good with far fewer steps (Nichol & "
+            "Dhariwal 2021): lower `num_inference_steps`. diffusers' DDIM and DPM-Solver do not read them, "
+            "so keep this scheduler."
+        )
+    return (
+        "`DDIMScheduler` or `DPMSolverMultistepScheduler` can replace the scheduler through "
+        "`from_config(pipeline.scheduler.config)` for sampling in 20 to 50 steps."
+    )
 
 
 def _short_names(cfg: Config, run: RunInfo) -> list[str]:
@@ -218,6 +230,8 @@ def _summary(
             f"{target} under a {scheduler['beta_schedule']} noise schedule of "
             f"{scheduler['num_train_timesteps']} steps"
         )
+        if scheduler.get("variance_type") in ("learned", "learned_range"):
+            learns += ", and the variance of each reverse step"
     return (
         f"{opening}: {model} that turns Gaussian noise into {size}x{size} {colour} images of {kind}.{latent} "
         f"The network is a `UNet2DModel` (hf-ddpm's `{cfg.model.preset}` preset, {parameters:,} parameters) "
@@ -388,11 +402,17 @@ def _loss(cfg: Config) -> str:
         return f"MSE on the velocity ε - x_0 (flow matching), {times}"
     loss = {"epsilon": "MSE on the noise (L_simple)", "v_prediction": "MSE on v", "sample": "MSE on x_0"}
     gamma = cfg.training.snr_gamma
+    text = loss[d.prediction_type]
     if gamma is not None:
-        return loss[d.prediction_type] + f", Min-SNR-{gamma:g} weighting (Hang et al. 2023)"
-    if cfg.training.weighting_scheme == "p2":
-        return loss[d.prediction_type] + ", P2 weighting (Choi et al. 2022)"
-    return loss[d.prediction_type]
+        text += f", Min-SNR-{gamma:g} weighting (Hang et al. 2023)"
+    elif cfg.training.weighting_scheme == "p2":
+        text += ", P2 weighting (Choi et al. 2022)"
+    if d.variance_type == "learned_range":
+        text += (
+            "; the variances by the variational bound, L_hybrid = L_simple + 0.001 L_vlb with the mean's "
+            "gradient stopped in L_vlb (Nichol & Dhariwal 2021)"
+        )
+    return text
 
 
 def _flow_rows(cfg: Config, s: dict) -> list[tuple[str, str]]:
@@ -408,15 +428,47 @@ def _flow_rows(cfg: Config, s: dict) -> list[tuple[str, str]]:
     ]
 
 
+VARIANCE_NOTES = {
+    "fixed_small": "the posterior variance β̃_t (Ho et al. 2020)",
+    "fixed_small_log": "the posterior variance β̃_t, through its log",
+    "fixed_large": "β_t (Ho et al. 2020)",
+    "fixed_large_log": "β_t, through its log",
+    "learned": "learned: the UNet's second half of channels is the variance",
+    "learned_range": (
+        "learned: the UNet's second half of channels interpolates log β̃_t .. log β_t (Nichol & Dhariwal 2021)"
+    ),
+}
+
+
 def _scheduler_rows(s: dict) -> list[tuple[str, str]]:
-    clip = f"to ±{s.get('clip_sample_range', 1.0):g}" if s.get("clip_sample") else "no"
+    """Every key of the saved `DDPMScheduler` config that changes the numbers, in words."""
+    betas = s.get("trained_betas")
+    if betas:
+        schedule = f"trained betas, {len(betas)} values from {min(betas):g} to {max(betas):g}"
+    elif s["beta_schedule"] in ("squaredcos_cap_v2", "laplace"):
+        schedule = s["beta_schedule"]
+    else:
+        schedule = f"{s['beta_schedule']}, {s['beta_start']:g} to {s['beta_end']:g}"
+    if s.get("rescale_betas_zero_snr"):
+        schedule += ", rescaled to zero terminal SNR (Lin et al. 2024)"
+    if s.get("thresholding"):
+        clip = (
+            f"dynamic thresholding at the {s['dynamic_thresholding_ratio']:g} quantile, s <= "
+            f"{s['sample_max_value']:g} (Saharia et al. 2022)"
+        )
+    else:
+        clip = f"to ±{s.get('clip_sample_range', 1.0):g}" if s.get("clip_sample") else "no"
+    variance = s.get("variance_type") or "fixed_small"
+    spacing = f"`{s.get('timestep_spacing', 'leading')}`"
+    if s.get("steps_offset"):
+        spacing += f", offset {s['steps_offset']}"
     return [
         ("Training timesteps", str(s["num_train_timesteps"])),
-        ("β schedule", f"{s['beta_schedule']}, {s['beta_start']:g} to {s['beta_end']:g}"),
-        ("Variance", f"`{s['variance_type']}`"),
+        ("β schedule", schedule),
+        ("Variance", f"`{variance}`: {VARIANCE_NOTES[variance]}"),
         ("Prediction", f"`{s['prediction_type']}`"),
         ("x_0 clipping", clip),
-        ("Timestep spacing", f"`{s.get('timestep_spacing', 'leading')}`"),
+        ("Timestep spacing", spacing),
     ]
 
 
@@ -468,6 +520,9 @@ def _evaluation_rows(path: Path) -> list[tuple[str, str]] | None:
         logger.warning(f"model card: {path} is not readable JSON ({err}); no evaluation section")
         return None
     rows: list[tuple[str, str]] = []
+    nll = values.pop("nll", None) if isinstance(values, dict) else None
+    if isinstance(nll, dict) and "bits_per_dim" in nll:
+        rows += _nll_rows(nll)
 
     def walk(prefix: str, value: Any) -> None:
         if isinstance(value, dict):
@@ -480,6 +535,23 @@ def _evaluation_rows(path: Path) -> list[tuple[str, str]] | None:
 
     walk("", values)
     return rows or None
+
+
+def _nll_rows(nll: dict) -> list[tuple[str, str]]:
+    """The variational bound of `python -m hf_ddpm.evaluate --nll` (eval.json's `nll`), with its protocol."""
+    protocol = f"{nll.get('images')} test images ({nll.get('subset')}), noise seed {nll.get('seed')}"
+    return [
+        (
+            "NLL (test, bits/dim)",
+            f"≤ {nll['bits_per_dim']:.3f} ± {nll['standard_error']:.3f} (variational bound, eq. 5 of Ho et "
+            f"al. 2020, all {nll.get('timesteps')} timesteps; {protocol}; ± one standard error over images)",
+        ),
+        (
+            "NLL terms (bits/dim)",
+            f"prior L_T {nll['prior_bits_per_dim']:.4f}, decoder L_0 {nll['decoder_bits_per_dim']:.3f}, "
+            f"KL terms {nll['kl_bits_per_dim']:.3f}",
+        ),
+    ]
 
 
 def _licence_text(licence: str, restricted: str | None, short: list[str]) -> str:

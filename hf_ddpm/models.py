@@ -89,6 +89,7 @@ def unet_config(
     in_channels: int = 1,
     out_channels: int | None = None,
     attention_levels: list[bool] | None = None,
+    variance_type: str = "fixed_small",
     **overrides: Any,
 ) -> dict[str, Any]:
     """Returns the `UNet2DModel` keyword arguments of a preset for the given image geometry.
@@ -97,9 +98,13 @@ def unet_config(
         preset: a key of `PRESETS`.
         sample_size: height and width of the images; must survive the preset's downsamplings.
         in_channels: image channels (1 for MNIST and the textures, 3 for RGB).
-        out_channels: defaults to `in_channels` (epsilon, v and x_0 all have the image's shape).
+        out_channels: defaults to `in_channels` (epsilon, v and x_0 all have the image's shape), twice that
+            for a learned `variance_type`.
         attention_levels: one flag per resolution level, from the image size down: whether its down and
             up blocks hold self-attention (the mid block always does). None keeps the preset's.
+        variance_type: the scheduler's (`diffusion.variance_type`): `learned` and `learned_range` models
+            output the prediction and then the variances, 2 x `in_channels` channels, which the scheduler
+            splits (Nichol & Dhariwal 2021).
         overrides: any other `UNet2DModel` argument, e.g. `dropout=0.1`, `block_out_channels=[16, 32, 64]`.
     """
     if preset not in PRESETS:
@@ -133,13 +138,15 @@ def unet_config(
     return dict(
         sample_size=sample_size,
         in_channels=in_channels,
-        out_channels=out_channels or in_channels,
+        out_channels=out_channels
+        or in_channels * (2 if variance_type in ("learned", "learned_range") else 1),
         **config,
     )
 
 
 def build_unet(preset: str, sample_size: int = 28, in_channels: int = 1, **overrides: Any):
-    """A freshly initialised `diffusers.UNet2DModel` from a preset (see `unet_config`)."""
+    """A freshly initialised `diffusers.UNet2DModel` from a preset (see `unet_config`; `variance_type=` sets
+    the output channels of learned variances)."""
     from diffusers import UNet2DModel
 
     config = unet_config(preset, sample_size, in_channels, **overrides)

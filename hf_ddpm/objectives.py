@@ -1,5 +1,6 @@
-"""The training objectives: L_simple of Ho et al. 2020 (eq. 14) with its v / x_0 variants, and flow matching
-(Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al. 2023, "Rectified Flow")."""
+"""The training objectives: L_simple of Ho et al. 2020 (eq. 14) with its v / x_0 variants, L_hybrid for
+learned variances (Nichol & Dhariwal 2021, "Improved Denoising Diffusion Probabilistic Models"), and flow
+matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al. 2023, "Rectified Flow")."""
 
 from __future__ import annotations
 
@@ -8,6 +9,12 @@ from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
+
+from .likelihood import bound_tables, term_bits
+from .scheduler import LEARNED_VARIANCE_TYPES
+
+# lambda of L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1).
+VLB_WEIGHT = 0.001
 
 
 def diffusion_loss(
@@ -22,9 +29,21 @@ def diffusion_loss(
     timesteps: torch.Tensor | None = None,
     weighting_scheme: str = "none",
 ) -> torch.Tensor:
-    """Mean squared error between the model's prediction and its target, at a random timestep per image.
+    """Mean squared error between the model's prediction and its target, at a random timestep per image; with
+    learned variances, L_hybrid.
 
     Algorithm 1 of the paper: t ~ Uniform({0, ..., T-1}), eps ~ N(0, I), x_t from eq. 4, then regress.
+
+    When the scheduler's `variance_type` is `learned_range`, the UNet outputs 2C channels: the first C are
+    trained with the loss above (the configured target and Min-SNR weighting), the last C (the variance
+    interpolation v of Nichol & Dhariwal 2021, eq. 15) with the variational bound's term at the same t:
+    L_hybrid = L_simple + 0.001 L_vlb (`VLB_WEIGHT`, the paper's lambda). The term sees the mean with its
+    gradient stopped, so L_vlb trains only the variances and L_simple alone the mean (Sec. 3.1). L_vlb is in
+    bits per dimension, estimated at the batch's t as T L_t (`hf_ddpm.likelihood.term_bits`: the decoder L_0
+    at t = 0, KL(q(x_{t-1} | x_t, x_0) || p(x_{t-1} | x_t)) above), so x0 must be 8-bit data on [-1, 1].
+    t stays uniform: Nichol & Dhariwal's importance sampling of t lowers the variance of L_vlb trained alone,
+    and they found it does not help L_hybrid. `learned` (the raw output read as the variance, diffusers'
+    convention) cannot be trained this way: nothing keeps the output positive.
 
     Args:
         model: a `UNet2DModel` (or anything called as `model(x_t, t).sample`).
@@ -58,16 +77,34 @@ def diffusion_loss(
         target = x0
     conditioning = {} if class_labels is None else {"class_labels": class_labels}
     prediction = model(noisy, timesteps, **conditioning).sample
-    if snr_gamma is None and weighting_scheme == "none":
-        return F.mse_loss(prediction.float(), target.float())
-    per_image = F.mse_loss(prediction.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
-    if snr_gamma is not None:
-        weight = min_snr_weight(scheduler, timesteps, snr_gamma)
-    elif weighting_scheme == "p2":
-        weight = p2_weight(scheduler, timesteps)
+    variance_type = scheduler.config.variance_type
+    if variance_type in LEARNED_VARIANCE_TYPES:
+        if variance_type == "learned":
+            raise ValueError(
+                "variance_type 'learned' reads the raw output as the variance, which training cannot keep "
+                "positive: use learned_range (Nichol & Dhariwal 2021)"
+            )
+        mean_part, variance_part = prediction.split(x0.shape[1], dim=1)
     else:
-        raise ValueError(f"unknown weighting_scheme {weighting_scheme!r}: use none or p2")
-    return (per_image * weight).mean()
+        mean_part = prediction
+    if snr_gamma is None and weighting_scheme == "none":
+        loss = F.mse_loss(mean_part.float(), target.float())
+    else:
+        per_image = F.mse_loss(mean_part.float(), target.float(), reduction="none").mean(dim=(1, 2, 3))
+        if snr_gamma is not None:
+            weight = min_snr_weight(scheduler, timesteps, snr_gamma)
+        elif weighting_scheme == "p2":
+            weight = p2_weight(scheduler, timesteps)
+        else:
+            raise ValueError(f"unknown weighting_scheme {weighting_scheme!r}: use none or p2")
+        loss = (per_image * weight).mean()
+    if variance_type not in LEARNED_VARIANCE_TYPES:
+        return loss
+    # The stop-gradient on the mean: L_vlb sees the mean but trains only the variance channels.
+    frozen_mean = torch.cat([mean_part.detach(), variance_part], dim=1)
+    tables = bound_tables(scheduler, x0.device)
+    vlb_term = term_bits(scheduler, tables, frozen_mean, x0, noisy, timesteps, clip_denoised=False)
+    return loss + VLB_WEIGHT * scheduler.config.num_train_timesteps * vlb_term.mean().float()
 
 
 def min_snr_weight(scheduler, timesteps: torch.Tensor, gamma: float) -> torch.Tensor:

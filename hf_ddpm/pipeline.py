@@ -32,7 +32,7 @@ from .hub import component_names
 from .pipelines.class_conditional_ddpm import ClassConditionalDDPMPipeline
 from .pipelines.latent_ddpm import LatentDDPMPipeline
 from .samplers import SAMPLERS, SAVED_SAMPLER, check_sampler
-from .scheduler import LinearNoiseScheduler
+from .scheduler import LEARNED_VARIANCE_TYPES, LinearNoiseScheduler
 
 
 def is_flow(config: dict) -> bool:
@@ -67,6 +67,11 @@ def make_scheduler(sampler: str, config: dict):
     `config`; a flow-matching config (`is_flow`) gets the sampler's flow mode (`Sampler.flow_kwargs`)."""
     objective = objective_of(config)
     check_sampler(sampler, objective)
+    if config.get("variance_type") in LEARNED_VARIANCE_TYPES and sampler != "ddpm":
+        raise ValueError(
+            f"sampler {sampler!r} cannot sample a model with learned variances (diffusers' DDIM ignores the "
+            "variance channels, DPM-Solver reads 3 of them as the mean): use ddpm, with fewer steps for speed"
+        )
     entry = SAMPLERS[sampler]
     cls = _SCHEDULER_CLASSES[entry.scheduler_class]
     if objective == "flow_matching" and entry.flow_kwargs:

@@ -45,7 +45,7 @@ from .config import DatasetConfig
 from .data import decode_split, load_split, resolve_source, to_model_range, to_uint8
 from .files import write_atomically
 from .pipeline import generate, load_pipeline
-from .scheduler import BETA_SCHEDULES, LinearNoiseScheduler
+from .scheduler import LinearNoiseScheduler
 
 PICTURES = (
     "forward_diffusion",
@@ -134,8 +134,12 @@ def pixel_chain(
     return x
 
 
+# The schedules of the picture: the paper's, latent diffusion's and the cosine one.
+PICTURED_SCHEDULES = ("linear", "scaled_linear", "squaredcos_cap_v2")
+
+
 def schedule_curves(
-    schedules: Sequence[str] = BETA_SCHEDULES, num_train_timesteps: int = 1000
+    schedules: Sequence[str] = PICTURED_SCHEDULES, num_train_timesteps: int = 1000
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """alpha_bar_t and log SNR_t = log(alpha_bar_t / (1 - alpha_bar_t)) for each beta schedule
     (beta 1e-4 .. 0.02 where the schedule uses them).

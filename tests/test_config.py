@@ -86,7 +86,7 @@ def test_bare_yaml_no_is_the_word_no(tmp_path):
         (["--training.max_train_steps", "many"], "training.max_train_steps: expected int"),
         (["--training.max_train_steps", "1.5"], "training.max_train_steps"),
         (["--training.use_ema", "7"], "training.use_ema: expected bool"),
-        (["--training.mixed_precision", "fp8"], r"training.mixed_precision.*\['no', 'bf16', 'fp16'\]"),
+        (["--training.mixed_precision", "fp8"], r"training.mixed_precision.*\['no', 'bf16', 'fp16'"),
         (["--seed", "1"], "--SECTION.KEY"),
         (["--training.seed"], "has no value"),
         (["seed"], "unexpected argument"),
@@ -194,3 +194,46 @@ def test_accelerate_configs_load_with_accelerates_own_loader(
         assert config.main_process_ip and config.main_process_port
     # The comment at the top says how to launch it with this very file.
     assert f"--config_file training/accelerate_configs/{name}" in (ACCELERATE_CONFIGS / name).read_text()
+
+
+def test_every_diffusion_key_reaches_the_scheduler_and_the_export(tmp_path):
+    """Non-default values for every scheduler key, from the command line to `training_scheduler` and to the
+    exported `scheduler_config.json`, which stock DDPMScheduler loads with the same numbers."""
+    import json
+
+    import numpy as np
+    import torch
+
+    from hf_ddpm.models import build_unet
+    from hf_ddpm.pipeline import export_pipeline, training_scheduler
+
+    values = {
+        "num_train_timesteps": 500,
+        "beta_start": 0.0002,
+        "beta_end": 0.03,
+        "beta_schedule": "sigmoid",
+        "trained_betas": np.linspace(1e-4, 0.02, 500).round(8).tolist(),
+        "variance_type": "learned_range",
+        "clip_sample": False,
+        "prediction_type": "v_prediction",
+        "thresholding": True,
+        "dynamic_thresholding_ratio": 0.9,
+        "clip_sample_range": 2.0,
+        "sample_max_value": 1.5,
+        "timestep_spacing": "trailing",
+        "steps_offset": 1,
+        "rescale_betas_zero_snr": True,
+    }
+    assert set(values) == set(DiffusionConfig().scheduler_kwargs())  # every key, none forgotten
+    overrides = [arg for key, value in values.items() for arg in (f"--diffusion.{key}", json.dumps(value))]
+    cfg = load_config(None, [*overrides, "--training.sampler", "ddpm", "--model.preset", "tiny"])
+    scheduler = training_scheduler(cfg.diffusion)
+    for key, value in values.items():
+        assert scheduler.config[key] == value, key
+    export_pipeline(build_unet("tiny", variance_type="learned_range"), scheduler, tmp_path)
+    saved = json.loads((tmp_path / "scheduler" / "scheduler_config.json").read_text())
+    assert saved["_class_name"] == "DDPMScheduler"
+    assert {key: saved[key] for key in values} == values
+    assert torch.equal(
+        DDPMScheduler.from_pretrained(tmp_path / "scheduler").alphas_cumprod, scheduler.alphas_cumprod
+    )

@@ -12,7 +12,7 @@ from hf_ddpm import visualize
 from hf_ddpm.data import to_uint8
 from hf_ddpm.models import build_unet
 from hf_ddpm.pipeline import export_pipeline, generate, load_pipeline
-from hf_ddpm.scheduler import BETA_SCHEDULES, LinearNoiseScheduler
+from hf_ddpm.scheduler import LinearNoiseScheduler
 
 
 @pytest.fixture
@@ -96,7 +96,7 @@ def test_noised_images_rejects_t_beyond_T() -> None:
 
 def test_schedule_curves_are_monotone_and_match_stock_diffusers() -> None:
     curves = visualize.schedule_curves()
-    assert set(curves) == set(BETA_SCHEDULES)
+    assert set(curves) == set(visualize.PICTURED_SCHEDULES)
     for name, (alpha_bar, log_snr) in curves.items():
         assert alpha_bar.shape == log_snr.shape == (1000,)
         assert np.all(np.diff(alpha_bar) < 0) and np.all((alpha_bar > 0) & (alpha_bar < 1)), name

@@ -5,7 +5,6 @@ sampling run while it runs (`live`), and the app as a Hugging Face Space (`space
 """
 
 
-
 def main(argv: list[str] | None = None) -> None:
     """`python -m hf_ddpm.demo`. Imported on call: `hf_ddpm.hub` imports `space` from here, and the app
     imports what imports the hub."""

@@ -115,7 +115,14 @@ class DiffusionTrainer(TrainLoop):
         conditioning = {"num_class_embeds": len(id2label) + 1} if id2label else {}  # + the null class
         channels, size = self.sample_shape
         try:
-            unet = build_unet(cfg.model.preset, size, channels, **cfg.model.unet_kwargs(), **conditioning)
+            unet = build_unet(
+                cfg.model.preset,
+                size,
+                channels,
+                variance_type=cfg.diffusion.variance_type,  # learned variances: twice the output channels
+                **cfg.model.unet_kwargs(),
+                **conditioning,
+            )
         except ValueError as err:
             raise TrainingError(str(err)) from err
         if cfg.training.channels_last:
