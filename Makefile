@@ -23,8 +23,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 train: install
 	$(BIN)/python training/train.py --config $(CONFIG) $(ARGS)
 
+# One pytest worker per core (pytest-xdist), each test file on one worker so its fixtures are built once.
 test: install
-	$(BIN)/pytest -q
+	$(BIN)/pytest -q -n auto --dist loadfile
 
 lint: install
 	$(BIN)/ruff check . && $(BIN)/ruff format --check .

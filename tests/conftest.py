@@ -21,6 +21,15 @@ GPU = "gpu"
 
 
 def pytest_configure(config):
+    # Under pytest-xdist (`make test` runs one worker per core) each worker and the processes it starts get
+    # an equal share of the cores: more threads than cores makes small models slower, not faster.
+    workers = os.environ.get("PYTEST_XDIST_WORKER_COUNT")
+    if workers:
+        threads = str(max(1, (os.cpu_count() or 1) // int(workers)))
+        os.environ["OMP_NUM_THREADS"] = os.environ["MKL_NUM_THREADS"] = threads
+        import torch
+
+        torch.set_num_threads(int(threads))
     config.addinivalue_line("markers", f"{FULL_DATA}: needs the full data sets in $HF_DDPM_DATA_DIR")
     config.addinivalue_line("markers", f"{GPU}: needs a CUDA GPU (skipped without one)")
 

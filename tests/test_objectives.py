@@ -7,34 +7,9 @@ from hf_ddpm.objectives import diffusion_loss, draw_batch, min_snr_weight, p2_we
 from hf_ddpm.scheduler import LinearNoiseScheduler
 
 
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_min_snr_weight_equals_clipped_snr_times_x0_error(prediction_type):
-    """For any wrong prediction, weight x (target error)^2 = min(SNR_t, gamma) x (implied x_0 error)^2."""
-    scheduler = LinearNoiseScheduler(prediction_type=prediction_type, clip_sample=False)
-    g = torch.Generator().manual_seed(0)
-    t = torch.tensor([0, 10, 100, 500, 999])
-    x0, noise = (
-        torch.randn(5, 1, 4, 4, generator=g, dtype=torch.float64),
-        torch.randn(5, 1, 4, 4, generator=g, dtype=torch.float64),
-    )
-    xt = scheduler.add_noise(x0, noise, t)
-    target = {"epsilon": noise, "v_prediction": scheduler.get_velocity(x0, noise, t), "sample": x0}[
-        prediction_type
-    ]
-    prediction = target + 0.1 * torch.randn(target.shape, generator=g, dtype=torch.float64)
-    # The scheduler's own conversion of the prediction to x_0 (eq. 15 of Ho et al. for epsilon).
-    steps = [scheduler.step(p[None], int(s), x[None]) for p, s, x in zip(prediction, t, xt, strict=True)]
-    implied_x0 = torch.cat([out.pred_original_sample for out in steps])
-    ab = scheduler.alphas_cumprod[t].double()
-    gamma = 5.0
-    lhs = min_snr_weight(scheduler, t, gamma).double() * (prediction - target).square().mean((1, 2, 3))
-    rhs = (ab / (1 - ab)).clamp(max=gamma) * (implied_x0 - x0).square().mean((1, 2, 3))
-    assert torch.allclose(lhs, rhs, rtol=1e-4)
-
-
-@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
-def test_p2_weight_equals_the_epsilon_loss_over_one_plus_snr(prediction_type):
-    """For any wrong prediction, weight x (target error)^2 = (implied epsilon error)^2 / (1 + SNR_t)."""
+def wrong_prediction(prediction_type: str):
+    """A prediction 0.1 off its target at five timesteps, and the x_0 the scheduler's own step derives from it
+    (eq. 15 of Ho et al. for epsilon): (scheduler, t, noise, x_t, target, prediction, implied x_0)."""
     scheduler = LinearNoiseScheduler(prediction_type=prediction_type, clip_sample=False)
     g = torch.Generator().manual_seed(0)
     t = torch.tensor([0, 10, 100, 500, 999])
@@ -46,6 +21,24 @@ def test_p2_weight_equals_the_epsilon_loss_over_one_plus_snr(prediction_type):
     prediction = target + 0.1 * torch.randn(target.shape, generator=g, dtype=torch.float64)
     steps = [scheduler.step(p[None], int(s), x[None]) for p, s, x in zip(prediction, t, xt, strict=True)]
     implied_x0 = torch.cat([out.pred_original_sample for out in steps])
+    return scheduler, t, x0, noise, xt, target, prediction, implied_x0
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_min_snr_weight_equals_clipped_snr_times_x0_error(prediction_type):
+    """For any wrong prediction, weight x (target error)^2 = min(SNR_t, gamma) x (implied x_0 error)^2."""
+    scheduler, t, x0, _, _, target, prediction, implied_x0 = wrong_prediction(prediction_type)
+    ab = scheduler.alphas_cumprod[t].double()
+    gamma = 5.0
+    lhs = min_snr_weight(scheduler, t, gamma).double() * (prediction - target).square().mean((1, 2, 3))
+    rhs = (ab / (1 - ab)).clamp(max=gamma) * (implied_x0 - x0).square().mean((1, 2, 3))
+    assert torch.allclose(lhs, rhs, rtol=1e-4)
+
+
+@pytest.mark.parametrize("prediction_type", ["epsilon", "v_prediction", "sample"])
+def test_p2_weight_equals_the_epsilon_loss_over_one_plus_snr(prediction_type):
+    """For any wrong prediction, weight x (target error)^2 = (implied epsilon error)^2 / (1 + SNR_t)."""
+    scheduler, t, _, noise, xt, target, prediction, implied_x0 = wrong_prediction(prediction_type)
     ab = scheduler.alphas_cumprod[t].double()[:, None, None, None]
     implied_eps = (xt - ab.sqrt() * implied_x0) / (1 - ab).sqrt()  # eq. 4 of Ho et al. solved for eps
     snr = (ab / (1 - ab)).flatten()
