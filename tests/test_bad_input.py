@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import check_one_line, run_in_this_process
 from datasets import Dataset, Features, Image
 from PIL import Image as PILImage
 
@@ -45,12 +46,18 @@ def error_line(result: subprocess.CompletedProcess) -> str:
         ("training:\n  checkpointing_steps: 0\n", "training.checkpointing_steps is 0: it must be at least 1"),
     ],
 )
-def test_a_bad_config_file_stops_train_py_in_one_line(tmp_path, text, message):
+def test_a_bad_config_file_stops_train_py_in_one_line(tmp_path, text, message, monkeypatch, capsys):
+    """train.py run as `python` runs it, in this process (the first case also in a process of its own)."""
     config = tmp_path / "bad.yaml"
     config.write_text(text)
-    result = train(config, cwd=tmp_path)
-    last = error_line(result)
-    assert last.startswith("train.py: error: ") and message in last, last
+    monkeypatch.chdir(tmp_path)
+    cmd = [sys.executable, TRAIN, "--config", config, "--training.output_dir", tmp_path / "out"]
+    status, stderr = run_in_this_process(cmd, capsys)
+    check_one_line(status, stderr, message)
+    assert stderr.strip().splitlines()[-1].startswith("train.py: error: ")
+    if text.startswith("- dataset"):
+        last = error_line(train(config, cwd=tmp_path))
+        assert last.startswith("train.py: error: ") and message in last, last
     assert not (tmp_path / "out").exists()  # stopped before writing anything
 
 

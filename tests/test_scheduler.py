@@ -569,8 +569,7 @@ def test_every_diffusers_scheduler_config_loads_with_stocks_numbers_or_is_refuse
                  "UniPCMultistepScheduler", "LCMScheduler", "UnCLIPScheduler", "DDPMScheduler"):  # fmt: skip
         assert outcomes[name] == "loaded", name
     for name in ("FlowMatchEulerDiscreteScheduler", "EDMEulerScheduler", "ScoreSdeVeScheduler",
-                 "DDPMWuerstchenScheduler", "CogVideoXDDIMScheduler", "IPNDMScheduler",
-                 "KarrasVeScheduler"):  # fmt: skip
+                 "DDPMWuerstchenScheduler", "CogVideoXDDIMScheduler", "IPNDMScheduler"):  # fmt: skip
         assert outcomes[name] == "refused", name
 
 

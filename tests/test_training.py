@@ -122,8 +122,10 @@ STOCK_SAMPLING = textwrap.dedent(
 )
 
 
-@pytest.mark.parametrize("steps", [20, 1000])
-def test_stock_diffusers_loads_and_samples_like_our_scheduler(trained, tmp_path, steps):
+def test_stock_diffusers_loads_and_samples_like_our_scheduler(trained, tmp_path):
+    """The pipeline's plumbing at 20 steps; the schedulers agree step by step over full 1000-step loops in
+    test_scheduler.py."""
+    steps = 20
     out = tmp_path / "stock.npy"
     run([sys.executable, "-c", STOCK_SAMPLING, str(trained), str(out), str(steps)], cwd=tmp_path)
     stock = np.load(out)
