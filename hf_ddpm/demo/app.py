@@ -108,256 +108,269 @@ def build_app(models: dict[str, str], default_model: str | None = None, data_dir
             "hf-ddpm. Generate and watch x_t turn into an image, noise a real image step by step, or draw "
             "something for the model to finish."
         )
-        with gr.Tab("Generate", id="generate"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    model = gr.Dropdown(
-                        names,
-                        value=default_model,
-                        label="model",
-                        allow_custom_value=True,
-                        info="a reference checkpoint, a folder or a Hub id",
-                        elem_id="gen-model",
-                    )
-                    sampler = gr.Dropdown(
-                        sampler_names(), value="dpm-solver", label="sampler", elem_id="gen-sampler"
-                    )
-                    steps = gr.Number(20, label="steps", precision=0, elem_id="gen-steps")
-                    seed = gr.Number(0, label="seed", precision=0, elem_id="gen-seed")
-                    count = gr.Slider(
-                        1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="gen-count"
-                    )
-                    label = gr.Dropdown(
-                        classes or [ANY_CLASS],
-                        value=classes[0] if classes else ANY_CLASS,
-                        label="class",
-                        allow_custom_value=True,
-                        visible=bool(classes),
-                        elem_id="gen-class",
-                    )
-                    guidance = gr.Slider(
-                        0,
-                        10,
-                        value=2.0,
-                        step=0.5,
-                        label="guidance scale w",
-                        visible=bool(classes),
-                        info="0: unconditional, 1: conditional, more: stronger class",
-                        elem_id="gen-guidance",
-                    )
-                    run = gr.Button("Generate", variant="primary", elem_id="gen-run")
-                with gr.Column(scale=2):
-                    panel = gr.Image(
-                        label="x_t (top) and predicted x_0 (below), as it denoises",
-                        format="png",
-                        elem_id="gen-frames",
-                        elem_classes="pixelated enlarged",
-                        height=260,
-                    )
-                    gallery = gr.Gallery(
-                        label="images",
-                        format="png",
-                        columns=8,
-                        height=200,
-                        elem_id="gen-gallery",
-                        elem_classes="pixelated",
-                    )
-                    status = gr.Markdown(elem_id="gen-status")
-            model.change(lambda m: _model_controls(cache, m), model, [sampler, label, guidance])
-
-            def on_generate(*controls):
-                yield from generate_frames(cache, *controls)
-
-            run.click(
-                on_generate,
-                [model, sampler, steps, seed, count, label, guidance],
-                [panel, gallery, status],
-                concurrency_id="sampling",
-                api_name="generate",
-            )
-
-        with gr.Tab("Forward process", id="forward"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    dataset = gr.Radio(datasets, value=datasets[0], label="data set", elem_id="fwd-dataset")
-                    index = gr.Slider(
-                        0, 9, value=0, step=1, label="example (one per class)", elem_id="fwd-index"
-                    )
-                    t = gr.Slider(0, 1000, value=250, step=1, label="t", elem_id="fwd-t")
-                    schedule = gr.Radio(
-                        list(BETA_SCHEDULES), value="linear", label="beta schedule", elem_id="fwd-schedule"
-                    )
-                    noise_seed = gr.Number(0, label="noise seed", precision=0, elem_id="fwd-seed")
-                with gr.Column(scale=2):
-                    with gr.Row():
-                        x0_view = gr.Image(
-                            label="x_0",
-                            format="png",
-                            elem_id="fwd-x0",
-                            elem_classes="pixelated enlarged",
-                            height=200,
-                        )
-                        xt_view = gr.Image(
-                            label="x_t ~ q(x_t | x_0)",
-                            format="png",
-                            elem_id="fwd-xt",
-                            elem_classes="pixelated enlarged",
-                            height=200,
-                        )
-                    stats = gr.Markdown(elem_id="fwd-stats")
-                    plot = gr.LinePlot(
-                        x="pixel value",
-                        y="density",
-                        color="series",
-                        height=220,
-                        label="pixels of x_t against N(0, 1)",
-                        elem_id="fwd-hist",
-                    )
-            inputs = [dataset, index, t, schedule, noise_seed]
-            outputs = [x0_view, xt_view, stats, plot]
-
-            def on_dataset(name):
-                images, _ = examples.get(name)
-                return gr.update(maximum=len(images) - 1, value=0)
-
-            dataset.change(on_dataset, dataset, index)
-            for control in inputs:
-                control.change(
-                    lambda *a: explore(examples, *a),
-                    inputs,
-                    outputs,
-                    trigger_mode="always_last",
-                    concurrency_id="explore",
-                    api_visibility="private",
-                    concurrency_limit=4,
-                )
-            app.load(lambda *a: explore(examples, *a), inputs, outputs, api_name="explore")
-
-        with gr.Tab("Draw", id="draw"):
-            with gr.Row():
-                with gr.Column(scale=1):
-                    black = np.zeros((CANVAS, CANVAS, 3), np.uint8)
-                    pad = gr.Sketchpad(
-                        value={"background": black, "layers": [], "composite": black},
-                        canvas_size=(CANVAS, CANVAS),
-                        fixed_canvas=True,
-                        image_mode="RGB",
-                        type="numpy",
-                        brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12),
-                        layers=False,
-                        transforms=(),
-                        format="png",
-                        label="draw in white",
-                        elem_id="draw-pad",
-                    )
-                    mode = gr.Radio(
-                        [
-                            "Complete it (RePaint: keep the strokes, regenerate the rest)",
-                            "Turn it into a digit (SDEdit: noise it, then denoise)",
-                        ],
-                        value="Complete it (RePaint: keep the strokes, regenerate the rest)",
-                        label="what the model does",
-                        elem_id="draw-mode",
-                    )
-                    draw_model = gr.Dropdown(
-                        pixel_models,
-                        value=draw_default,
-                        label="model",
-                        allow_custom_value=True,
-                        elem_id="draw-model",
-                    )
-                    draw_label = gr.Dropdown(
-                        [ANY_CLASS, *draw_classes],
-                        value=ANY_CLASS,
-                        label="class",
-                        allow_custom_value=True,
-                        visible=bool(draw_classes),
-                        elem_id="draw-class",
-                    )
-                    draw_guidance = gr.Slider(
-                        0,
-                        10,
-                        value=2.0,
-                        step=0.5,
-                        label="guidance scale w",
-                        visible=bool(draw_classes),
-                        elem_id="draw-guidance",
-                    )
-                    with gr.Accordion("sampling", open=False):
-                        draw_steps = gr.Number(50, label="steps", precision=0, elem_id="draw-steps")
-                        jump = gr.Slider(
-                            1, 20, value=5, step=1, label="RePaint jump length j", elem_id="draw-jump"
-                        )
-                        jumps = gr.Slider(
-                            1,
-                            10,
-                            value=5,
-                            step=1,
-                            label="RePaint resampling r (1: none)",
-                            elem_id="draw-jumps",
-                        )
-                        strength = gr.Slider(
-                            0.05,
-                            1,
-                            value=0.6,
-                            step=0.05,
-                            label="SDEdit strength (t0 = strength T)",
-                            elem_id="draw-strength",
-                        )
-                        draw_seed = gr.Number(0, label="seed", precision=0, elem_id="draw-seed")
-                        draw_count = gr.Slider(
-                            1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="draw-count"
-                        )
-                    draw_run = gr.Button("Run", variant="primary", elem_id="draw-run")
-                with gr.Column(scale=2):
-                    seen = gr.Image(
-                        label="the sketch at 28x28, and the kept pixels (white)",
-                        format="png",
-                        elem_id="draw-input",
-                        elem_classes="pixelated enlarged",
-                        height=140,
-                    )
-                    draw_panel = gr.Image(
-                        label="x_t (top) and predicted x_0 (below)",
-                        format="png",
-                        elem_id="draw-frames",
-                        elem_classes="pixelated enlarged",
-                        height=220,
-                    )
-                    draw_gallery = gr.Gallery(
-                        label="results",
-                        format="png",
-                        columns=8,
-                        height=200,
-                        elem_id="draw-gallery",
-                        elem_classes="pixelated",
-                    )
-                    draw_status = gr.Markdown(elem_id="draw-status")
-            draw_model.change(lambda m: _draw_controls(cache, m), draw_model, [draw_label, draw_guidance])
-
-            def on_draw(*controls):
-                yield from draw_frames(cache, *controls)
-
-            draw_run.click(
-                on_draw,
-                [
-                    pad,
-                    mode,
-                    draw_model,
-                    draw_label,
-                    draw_guidance,
-                    draw_steps,
-                    jump,
-                    jumps,
-                    strength,
-                    draw_seed,
-                    draw_count,
-                ],
-                [seen, draw_panel, draw_gallery, draw_status],
-                concurrency_id="sampling",
-                api_name="draw",
-            )
+        _generate_tab(gr, cache, names, default_model, classes)
+        _forward_tab(gr, app, examples, datasets)
+        _draw_tab(gr, cache, pixel_models, draw_default, draw_classes)
     return app
+
+
+def _generate_tab(gr, cache: ModelCache, names: list[str], default_model: str, classes: list[str]) -> None:
+    """Generate: sample from a model and watch x_t and the predicted x_0 as it denoises."""
+    with gr.Tab("Generate", id="generate"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                model = gr.Dropdown(
+                    names,
+                    value=default_model,
+                    label="model",
+                    allow_custom_value=True,
+                    info="a reference checkpoint, a folder or a Hub id",
+                    elem_id="gen-model",
+                )
+                sampler = gr.Dropdown(
+                    sampler_names(), value="dpm-solver", label="sampler", elem_id="gen-sampler"
+                )
+                steps = gr.Number(20, label="steps", precision=0, elem_id="gen-steps")
+                seed = gr.Number(0, label="seed", precision=0, elem_id="gen-seed")
+                count = gr.Slider(
+                    1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="gen-count"
+                )
+                label = gr.Dropdown(
+                    classes or [ANY_CLASS],
+                    value=classes[0] if classes else ANY_CLASS,
+                    label="class",
+                    allow_custom_value=True,
+                    visible=bool(classes),
+                    elem_id="gen-class",
+                )
+                guidance = gr.Slider(
+                    0,
+                    10,
+                    value=2.0,
+                    step=0.5,
+                    label="guidance scale w",
+                    visible=bool(classes),
+                    info="0: unconditional, 1: conditional, more: stronger class",
+                    elem_id="gen-guidance",
+                )
+                run = gr.Button("Generate", variant="primary", elem_id="gen-run")
+            with gr.Column(scale=2):
+                panel = gr.Image(
+                    label="x_t (top) and predicted x_0 (below), as it denoises",
+                    format="png",
+                    elem_id="gen-frames",
+                    elem_classes="pixelated enlarged",
+                    height=260,
+                )
+                gallery = gr.Gallery(
+                    label="images",
+                    format="png",
+                    columns=8,
+                    height=200,
+                    elem_id="gen-gallery",
+                    elem_classes="pixelated",
+                )
+                status = gr.Markdown(elem_id="gen-status")
+        model.change(lambda m: _model_controls(cache, m), model, [sampler, label, guidance])
+
+        def on_generate(*controls):
+            yield from generate_frames(cache, *controls)
+
+        run.click(
+            on_generate,
+            [model, sampler, steps, seed, count, label, guidance],
+            [panel, gallery, status],
+            concurrency_id="sampling",
+            api_name="generate",
+        )
+
+
+def _forward_tab(gr, app, examples: Examples, datasets: list[str]) -> None:
+    """Forward process: one real image noised to any t, and its pixels against N(0, 1)."""
+    with gr.Tab("Forward process", id="forward"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                dataset = gr.Radio(datasets, value=datasets[0], label="data set", elem_id="fwd-dataset")
+                index = gr.Slider(0, 9, value=0, step=1, label="example (one per class)", elem_id="fwd-index")
+                t = gr.Slider(0, 1000, value=250, step=1, label="t", elem_id="fwd-t")
+                schedule = gr.Radio(
+                    list(BETA_SCHEDULES), value="linear", label="beta schedule", elem_id="fwd-schedule"
+                )
+                noise_seed = gr.Number(0, label="noise seed", precision=0, elem_id="fwd-seed")
+            with gr.Column(scale=2):
+                with gr.Row():
+                    x0_view = gr.Image(
+                        label="x_0",
+                        format="png",
+                        elem_id="fwd-x0",
+                        elem_classes="pixelated enlarged",
+                        height=200,
+                    )
+                    xt_view = gr.Image(
+                        label="x_t ~ q(x_t | x_0)",
+                        format="png",
+                        elem_id="fwd-xt",
+                        elem_classes="pixelated enlarged",
+                        height=200,
+                    )
+                stats = gr.Markdown(elem_id="fwd-stats")
+                plot = gr.LinePlot(
+                    x="pixel value",
+                    y="density",
+                    color="series",
+                    height=220,
+                    label="pixels of x_t against N(0, 1)",
+                    elem_id="fwd-hist",
+                )
+        inputs = [dataset, index, t, schedule, noise_seed]
+        outputs = [x0_view, xt_view, stats, plot]
+
+        def on_dataset(name):
+            images, _ = examples.get(name)
+            return gr.update(maximum=len(images) - 1, value=0)
+
+        dataset.change(on_dataset, dataset, index)
+        for control in inputs:
+            control.change(
+                lambda *a: explore(examples, *a),
+                inputs,
+                outputs,
+                trigger_mode="always_last",
+                concurrency_id="explore",
+                api_visibility="private",
+                concurrency_limit=4,
+            )
+        app.load(lambda *a: explore(examples, *a), inputs, outputs, api_name="explore")
+
+
+def _draw_tab(
+    gr, cache: ModelCache, pixel_models: list[str], draw_default: str, draw_classes: list[str]
+) -> None:
+    """Draw: a sketch completed by RePaint or turned into a digit by SDEdit."""
+    with gr.Tab("Draw", id="draw"):
+        with gr.Row():
+            with gr.Column(scale=1):
+                black = np.zeros((CANVAS, CANVAS, 3), np.uint8)
+                pad = gr.Sketchpad(
+                    value={"background": black, "layers": [], "composite": black},
+                    canvas_size=(CANVAS, CANVAS),
+                    fixed_canvas=True,
+                    image_mode="RGB",
+                    type="numpy",
+                    brush=gr.Brush(colors=["#ffffff"], color_mode="fixed", default_size=12),
+                    layers=False,
+                    transforms=(),
+                    format="png",
+                    label="draw in white",
+                    elem_id="draw-pad",
+                )
+                mode = gr.Radio(
+                    [
+                        "Complete it (RePaint: keep the strokes, regenerate the rest)",
+                        "Turn it into a digit (SDEdit: noise it, then denoise)",
+                    ],
+                    value="Complete it (RePaint: keep the strokes, regenerate the rest)",
+                    label="what the model does",
+                    elem_id="draw-mode",
+                )
+                draw_model = gr.Dropdown(
+                    pixel_models,
+                    value=draw_default,
+                    label="model",
+                    allow_custom_value=True,
+                    elem_id="draw-model",
+                )
+                draw_label = gr.Dropdown(
+                    [ANY_CLASS, *draw_classes],
+                    value=ANY_CLASS,
+                    label="class",
+                    allow_custom_value=True,
+                    visible=bool(draw_classes),
+                    elem_id="draw-class",
+                )
+                draw_guidance = gr.Slider(
+                    0,
+                    10,
+                    value=2.0,
+                    step=0.5,
+                    label="guidance scale w",
+                    visible=bool(draw_classes),
+                    elem_id="draw-guidance",
+                )
+                with gr.Accordion("sampling", open=False):
+                    draw_steps = gr.Number(50, label="steps", precision=0, elem_id="draw-steps")
+                    jump = gr.Slider(
+                        1, 20, value=5, step=1, label="RePaint jump length j", elem_id="draw-jump"
+                    )
+                    jumps = gr.Slider(
+                        1,
+                        10,
+                        value=5,
+                        step=1,
+                        label="RePaint resampling r (1: none)",
+                        elem_id="draw-jumps",
+                    )
+                    strength = gr.Slider(
+                        0.05,
+                        1,
+                        value=0.6,
+                        step=0.05,
+                        label="SDEdit strength (t0 = strength T)",
+                        elem_id="draw-strength",
+                    )
+                    draw_seed = gr.Number(0, label="seed", precision=0, elem_id="draw-seed")
+                    draw_count = gr.Slider(
+                        1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="draw-count"
+                    )
+                draw_run = gr.Button("Run", variant="primary", elem_id="draw-run")
+            with gr.Column(scale=2):
+                seen = gr.Image(
+                    label="the sketch at 28x28, and the kept pixels (white)",
+                    format="png",
+                    elem_id="draw-input",
+                    elem_classes="pixelated enlarged",
+                    height=140,
+                )
+                draw_panel = gr.Image(
+                    label="x_t (top) and predicted x_0 (below)",
+                    format="png",
+                    elem_id="draw-frames",
+                    elem_classes="pixelated enlarged",
+                    height=220,
+                )
+                draw_gallery = gr.Gallery(
+                    label="results",
+                    format="png",
+                    columns=8,
+                    height=200,
+                    elem_id="draw-gallery",
+                    elem_classes="pixelated",
+                )
+                draw_status = gr.Markdown(elem_id="draw-status")
+        draw_model.change(lambda m: _draw_controls(cache, m), draw_model, [draw_label, draw_guidance])
+
+        def on_draw(*controls):
+            yield from draw_frames(cache, *controls)
+
+        draw_run.click(
+            on_draw,
+            [
+                pad,
+                mode,
+                draw_model,
+                draw_label,
+                draw_guidance,
+                draw_steps,
+                jump,
+                jumps,
+                strength,
+                draw_seed,
+                draw_count,
+            ],
+            [seen, draw_panel, draw_gallery, draw_status],
+            concurrency_id="sampling",
+            api_name="draw",
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
