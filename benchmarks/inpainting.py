@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/inpainting.py --num-images 100 [--picture docs/images/inpainting.png]
 
-Protocol: the first `num-images / 10` test digits of each class. Every completion is classified by
-`checkpoints/classifier-mnist` (99.32% on the test split) and compared with the digit's true label.
+Protocol: the first `num-images / 10` test digits of each class. Every completion is classified by the
+MNIST classifier (`hf_ddpm/classifiers/mnist`, 99.32% on the test split) and compared with the digit's
+true label.
 
 - Inpainting: the top half of each digit (rows 0-13) is kept, the bottom half regenerated, with the
   unconditional `ddpm-mnist` (RePaint with resampling, and without: r = 1, the known pixels merely replaced)
@@ -75,7 +76,7 @@ def main() -> None:
     print(
         f"# {len(images)} MNIST test digits ({len(images) // 10} per class), seed {args.seed}, "
         f"{torch.get_num_threads()} threads on {len(os.sched_getaffinity(0))} of {os.cpu_count()} CPUs; "
-        "classifier checkpoints/classifier-mnist"
+        "classifier hf_ddpm/classifiers/mnist"
     )
 
     def timed(pipeline, **kwargs) -> tuple[torch.Tensor, float]:

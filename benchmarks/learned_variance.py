@@ -14,11 +14,12 @@ variance interpolation v, trained with L_hybrid = L_simple + 0.001 L_vlb. The pa
 variances keep the ancestral sampler's quality with far fewer steps (their Fig. 8). A learned_range step costs
 one more output channel and the bound's term, so `compare` times one training step of each in the same run;
 each row of its table is appended to `OUT_ROOT/compare.jsonl` as it is scored, and a rerun skips those rows.
+`train` passes any other train.py option on to both runs, for example `--model.preset tiny
+--training.max_train_steps 2000` for the shorter run reported in docs/scheduler.md.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
@@ -31,7 +32,10 @@ import torch
 from flow_vs_ddpm import train_minutes
 from latent_vs_pixel import median_step_seconds
 
+from hf_ddpm.arguments import ArgumentParser, at_least
+from hf_ddpm.config import load_config
 from hf_ddpm.evaluate import data_floor, load_reference, score, to_nchw
+from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss, draw_batch
 from hf_ddpm.pipeline import generate, load_pipeline
@@ -65,9 +69,9 @@ def train(names: list[str], out_root: Path, threads: int, extra: list[str]) -> N
         subprocess.run(command, check=True, env={**os.environ, "PYTHONPATH": str(REPO)})
 
 
-def step_seconds(repeats: int, batch: int = 64) -> dict[str, float]:
-    """One training step of each model with the `small` UNet at batch 64 (bf16 autocast, AdamW), on 8-bit
-    images (the bound's decoder needs them) with train.py's loss."""
+def step_seconds(repeats: int, preset: str, batch: int = 64) -> dict[str, float]:
+    """One training step of each model with the runs' UNet preset at batch 64 (bf16 autocast, AdamW), on
+    8-bit images (the bound's decoder needs them) with train.py's loss."""
     generator = torch.Generator().manual_seed(0)
     x0 = torch.randint(0, 256, (batch, 1, 28, 28), generator=generator).float() / 127.5 - 1
     draws = draw_batch(0, 0, tuple(x0.shape), 1000)
@@ -76,7 +80,7 @@ def step_seconds(repeats: int, batch: int = 64) -> dict[str, float]:
     for name, variance in (("fixed", "fixed_small"), ("learned", "learned_range")):
         scheduler = LinearNoiseScheduler(variance_type=variance)
         torch.manual_seed(0)
-        unet = build_unet("small", variance_type=variance)
+        unet = build_unet(preset, variance_type=variance)
         loss = lambda unet=unet, scheduler=scheduler: diffusion_loss(unet, scheduler, x0, **options)  # noqa: E731
         seconds[name] = median_step_seconds(unet, loss, repeats)
     return seconds
@@ -86,7 +90,7 @@ def compare(out_root: Path, num_images: int, seed: int, picture: Path | None, re
     threads = torch.get_num_threads()
     print(f"# {num_images} samples per row, seed {seed}, {threads} threads; classifier metrics against the "
           "MNIST test split (10,000 digits)", flush=True)  # fmt: skip
-    steps = step_seconds(repeats)
+    steps = step_seconds(repeats, load_config(out_root / "fixed" / "config.yaml").model.preset)
     print("\n| model | train step (ms, measured here) | vs fixed | steps | training clock (min) |")
     print("|---|---|---|---|---|")
     for name, s in steps.items():
@@ -177,17 +181,17 @@ def _picture(cells: dict[tuple[str, int], np.ndarray], path: Path) -> None:
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
     p_train = sub.add_parser("train", help="train the models one after the other")
     p_train.add_argument("--models", nargs="+", choices=list(MODELS), default=list(MODELS))
-    p_train.add_argument("--threads", type=int, default=os.cpu_count())
+    p_train.add_argument("--threads", type=at_least(1), default=os.cpu_count())
     p_train.add_argument("--out-root", type=Path, default=Path("outputs/learned-variance"))
     p_compare = sub.add_parser("compare", help="sample, score and time the trained models")
     p_compare.add_argument("--out-root", type=Path, default=Path("outputs/learned-variance"))
-    p_compare.add_argument("--num-images", type=int, default=256)
+    p_compare.add_argument("--num-images", type=at_least(MIN_FID_IMAGES), default=256)
     p_compare.add_argument("--seed", type=int, default=0)
-    p_compare.add_argument("--repeats", type=int, default=10, help="timed training steps per model")
+    p_compare.add_argument("--repeats", type=at_least(1), default=10, help="timed training steps per model")
     p_compare.add_argument("--picture", type=Path, help="PNG: one row per model, one column per step count")
     args, extra = parser.parse_known_args()
     if args.command == "train":

@@ -62,6 +62,7 @@ CASES = [
     ([*PY, BENCH / "time_to_quality.py", "run", "--budget-minutes", "0"], "0 is not allowed"),
     ([*PY, BENCH / "latent_vs_pixel.py", "--repeats", "0"], f"--repeats: {TOO_SMALL}"),
     ([*PY, BENCH / "flow_vs_ddpm.py", "compare", "--num-images", "1"], "--num-images: 1 is too small"),
+    ([*PY, BENCH / "learned_variance.py", "compare", "--repeats", "0"], f"--repeats: {TOO_SMALL}"),
 ]  # fmt: skip
 
 

@@ -188,6 +188,7 @@ def test_unreachable_hub_falls_back_to_the_bundled_sample_and_says_so(monkeypatc
     """Offline, `ylecun/mnist` trains on the 5,000 digits bundled with hf-ddpm, with a warning naming the
     fix, and the source it reports is the sample (the model card records it)."""
     monkeypatch.setattr(datasets.config, "HF_HUB_OFFLINE", True)
+    monkeypatch.setattr("hf_ddpm.data._UNREACHABLE", set())  # the warning comes once per process
     dataset, info = load_image_dataset(DatasetConfig(), progress=False)
     assert info.source == str(mnist_dir) and len(dataset) == 5000
     assert dataset.tensors[1][:5].tolist() == [5, 0, 4, 1, 9]  # MNIST's first training labels
