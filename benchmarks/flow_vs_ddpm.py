@@ -19,7 +19,6 @@ import subprocess
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
 from latent_vs_pixel import median_step_seconds
 from safetensors.torch import load_file
@@ -135,7 +134,7 @@ def compare(out_root: Path, num_images: int, seed: int, picture: Path | None, re
                     "rows": rows, "floor": floor}, indent=2) + "\n"
     )  # fmt: skip
     if picture:
-        _picture(cells, picture)
+        step_grid_picture(cells, picture, list(PICTURE_SAMPLER), PICTURE_STEPS)
         print(f"wrote {picture}")
 
 
@@ -146,9 +145,9 @@ def _row(r: dict) -> str:
     )
 
 
-def _picture(cells: dict[tuple[str, int], np.ndarray], path: Path) -> None:
-    """One row per model, one column per step count: the first 16 samples (same seed, so the same starting
-    noise in every cell)."""
+def step_grid_picture(cells: dict, path: Path, models: list[str], steps: tuple[int, ...]) -> None:
+    """One row per model, one column per step count: `cells[model, steps]`, the first 16 samples (same seed,
+    so the same starting noise in every cell); a cell without samples says so."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -156,12 +155,9 @@ def _picture(cells: dict[tuple[str, int], np.ndarray], path: Path) -> None:
 
     from hf_ddpm.visualize import tile
 
-    models = list(PICTURE_SAMPLER)
-    fig, axes = plt.subplots(
-        len(models), len(PICTURE_STEPS), figsize=(1.6 * len(PICTURE_STEPS), 1.6 * len(models))
-    )
+    fig, axes = plt.subplots(len(models), len(steps), figsize=(1.6 * len(steps), 1.6 * len(models)))
     for row, name in enumerate(models):
-        for col, n in enumerate(PICTURE_STEPS):
+        for col, n in enumerate(steps):
             ax = axes[row, col]
             ax.set_xticks([])
             ax.set_yticks([])

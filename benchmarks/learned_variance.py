@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from flow_vs_ddpm import train_minutes
+from flow_vs_ddpm import step_grid_picture, train_minutes
 from latent_vs_pixel import median_step_seconds
 
 from hf_ddpm.arguments import ArgumentParser, at_least
@@ -142,7 +142,7 @@ def compare(out_root: Path, num_images: int, seed: int, picture: Path | None, re
                     "rows": [done[k] for k in sorted(done)], "floor": floor}, indent=2) + "\n"
     )  # fmt: skip
     if picture:
-        _picture(cells, picture)
+        step_grid_picture(cells, picture, list(MODELS), STEPS)
         print(f"wrote {picture}")
 
 
@@ -151,33 +151,6 @@ def _row(r: dict) -> str:
         f"| {r['model']} | {r['steps']} | {r['classifier_fid']:.1f} | {r['legibility']:.3f} | "
         f"{r['class_entropy']:.3f} | {r['s_per_image']:.3f} |"
     )
-
-
-def _picture(cells: dict[tuple[str, int], np.ndarray], path: Path) -> None:
-    """One row per model, one column per step count: the first 16 samples (same seed: the same starting noise
-    in every cell)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from hf_ddpm.visualize import tile
-
-    fig, axes = plt.subplots(len(MODELS), len(STEPS), figsize=(1.6 * len(STEPS), 1.6 * len(MODELS)))
-    for row, name in enumerate(MODELS):
-        for col, n in enumerate(STEPS):
-            ax = axes[row, col]
-            ax.set_xticks([])
-            ax.set_yticks([])
-            ax.imshow(tile(cells[name, n])[..., 0], cmap="gray", vmin=0, vmax=255)
-            if row == 0:
-                ax.set_title(f"{n} steps", fontsize=9)
-            if col == 0:
-                ax.set_ylabel(name, fontsize=9)
-    fig.tight_layout(pad=0.3)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
 
 
 def main() -> None:
