@@ -83,6 +83,49 @@ def _draw_controls(models: ModelCache, model: str):
     )
 
 
+def _class_and_guidance(gr, *, choices: list[str], value: str, visible: bool, prefix: str):
+    """The class dropdown and guidance slider, shown only for class-conditional models."""
+    label = gr.Dropdown(
+        choices,
+        value=value,
+        label="class",
+        allow_custom_value=True,
+        visible=visible,
+        elem_id=f"{prefix}-class",
+    )
+    guidance = gr.Slider(
+        0,
+        10,
+        value=2.0,
+        step=0.5,
+        label="guidance scale w",
+        visible=visible,
+        info="0: unconditional, 1: conditional, more: stronger class",
+        elem_id=f"{prefix}-guidance",
+    )
+    return label, guidance
+
+
+def _frames_and_gallery(gr, *, prefix: str, frames_label: str, frames_height: int, gallery_label: str):
+    """The x_t / predicted x_0 panel that updates while sampling, and the gallery of final images."""
+    panel = gr.Image(
+        label=frames_label,
+        format="png",
+        elem_id=f"{prefix}-frames",
+        elem_classes="pixelated enlarged",
+        height=frames_height,
+    )
+    gallery = gr.Gallery(
+        label=gallery_label,
+        format="png",
+        columns=8,
+        height=200,
+        elem_id=f"{prefix}-gallery",
+        elem_classes="pixelated",
+    )
+    return panel, gallery
+
+
 def build_app(models: dict[str, str], default_model: str | None = None, data_dir: str | None = None):
     """The Gradio Blocks app over `models` (display name -> folder or Hub id). Call `.queue()` and
     `.launch()` on it, as `main` does."""
@@ -135,40 +178,21 @@ def _generate_tab(gr, cache: ModelCache, names: list[str], default_model: str, c
                 count = gr.Slider(
                     1, MAX_IMAGES, value=4, step=1, label="number of images", elem_id="gen-count"
                 )
-                label = gr.Dropdown(
-                    classes or [ANY_CLASS],
+                label, guidance = _class_and_guidance(
+                    gr,
+                    choices=classes or [ANY_CLASS],
                     value=classes[0] if classes else ANY_CLASS,
-                    label="class",
-                    allow_custom_value=True,
                     visible=bool(classes),
-                    elem_id="gen-class",
-                )
-                guidance = gr.Slider(
-                    0,
-                    10,
-                    value=2.0,
-                    step=0.5,
-                    label="guidance scale w",
-                    visible=bool(classes),
-                    info="0: unconditional, 1: conditional, more: stronger class",
-                    elem_id="gen-guidance",
+                    prefix="gen",
                 )
                 run = gr.Button("Generate", variant="primary", elem_id="gen-run")
             with gr.Column(scale=2):
-                panel = gr.Image(
-                    label="x_t (top) and predicted x_0 (below), as it denoises",
-                    format="png",
-                    elem_id="gen-frames",
-                    elem_classes="pixelated enlarged",
-                    height=260,
-                )
-                gallery = gr.Gallery(
-                    label="images",
-                    format="png",
-                    columns=8,
-                    height=200,
-                    elem_id="gen-gallery",
-                    elem_classes="pixelated",
+                panel, gallery = _frames_and_gallery(
+                    gr,
+                    prefix="gen",
+                    frames_label="x_t (top) and predicted x_0 (below), as it denoises",
+                    frames_height=260,
+                    gallery_label="images",
                 )
                 status = gr.Markdown(elem_id="gen-status")
         model.change(lambda m: _model_controls(cache, m), model, [sampler, label, guidance])
@@ -280,22 +304,12 @@ def _draw_tab(
                     allow_custom_value=True,
                     elem_id="draw-model",
                 )
-                draw_label = gr.Dropdown(
-                    [ANY_CLASS, *draw_classes],
+                draw_label, draw_guidance = _class_and_guidance(
+                    gr,
+                    choices=[ANY_CLASS, *draw_classes],
                     value=ANY_CLASS,
-                    label="class",
-                    allow_custom_value=True,
                     visible=bool(draw_classes),
-                    elem_id="draw-class",
-                )
-                draw_guidance = gr.Slider(
-                    0,
-                    10,
-                    value=2.0,
-                    step=0.5,
-                    label="guidance scale w",
-                    visible=bool(draw_classes),
-                    elem_id="draw-guidance",
+                    prefix="draw",
                 )
                 with gr.Accordion("sampling", open=False):
                     draw_steps = gr.Number(50, label="steps", precision=0, elem_id="draw-steps")
@@ -331,20 +345,12 @@ def _draw_tab(
                     elem_classes="pixelated enlarged",
                     height=140,
                 )
-                draw_panel = gr.Image(
-                    label="x_t (top) and predicted x_0 (below)",
-                    format="png",
-                    elem_id="draw-frames",
-                    elem_classes="pixelated enlarged",
-                    height=220,
-                )
-                draw_gallery = gr.Gallery(
-                    label="results",
-                    format="png",
-                    columns=8,
-                    height=200,
-                    elem_id="draw-gallery",
-                    elem_classes="pixelated",
+                draw_panel, draw_gallery = _frames_and_gallery(
+                    gr,
+                    prefix="draw",
+                    frames_label="x_t (top) and predicted x_0 (below)",
+                    frames_height=220,
+                    gallery_label="results",
                 )
                 draw_status = gr.Markdown(elem_id="draw-status")
         draw_model.change(lambda m: _draw_controls(cache, m), draw_model, [draw_label, draw_guidance])
