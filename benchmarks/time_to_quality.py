@@ -5,7 +5,7 @@ the same training time: its number of steps is the budget divided by its own ste
 with every arm alone on the machine. Arms may then train side by side (one thread each) without changing
 the comparison, because their length is fixed in steps.
 
-    # 1. step times, each arm alone on the machine (2 threads, about a minute per arm)
+    # 1. step times, each arm alone on the machine (one thread, about a minute per arm)
     .venv/bin/python benchmarks/time_to_quality.py measure
     # 2. train the arms (resumable: a killed arm continues from its last checkpoint); two runners in
     #    parallel split the arms between them
@@ -16,7 +16,8 @@ the comparison, because their length is fixed in steps.
 Sample quality is scored with the project's protocol (hf_ddpm.evaluate): classifier-FID, legibility and
 class entropy of `--eval-images` samples from DPM-Solver++ (20 steps) against the MNIST test split,
 beside the data floor at the same count; three times per arm, the last at the end of training.
-Minutes are training minutes (optimizer steps only), so sampling and scoring do not count.
+Minutes are steps times the arm's step time measured alone (optimizer steps only: sampling and scoring do
+not count), so they do not depend on what else ran while an arm trained.
 """
 
 from __future__ import annotations
@@ -35,6 +36,7 @@ import yaml
 from safetensors.torch import load_file
 
 from hf_ddpm.arguments import ArgumentParser, at_least, positive
+from hf_ddpm.files import write_atomically
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.training.checkpoints import checkpoint_step, list_checkpoints
@@ -64,6 +66,9 @@ ARMS: dict[str, tuple[str, list[str]]] = {
     "fp32": ("fp32 instead of bf16", ["--training.mixed_precision", "no"]),
     "channels-last": ("channels-last memory order", ["--training.channels_last", "true"]),
 }  # fmt: skip
+# The winners of the one-factor arms, trained together (and with a second seed)
+COMBINED = ("attn-none", "b32", "v")
+ARMS["combined"] = (" + ".join(COMBINED), [override for arm in COMBINED for override in ARMS[arm][1]])
 # Arms that change only the speed of a step, not what it computes (up to rounding): their quality at equal
 # time is base's at the steps their step time allows, read off base's snapshots instead of trained again.
 SPEED_ONLY = ("fp32", "channels-last")
@@ -145,13 +150,18 @@ def measure(arms: list[str], root: Path, threads: int, core: int | None) -> None
         base_runs.append(one("base"))
         ratios[arm] = seconds / statistics.mean(base_runs[-2:])
         print(f"{arm}: {ratios[arm]:.3f} x base", flush=True)
-    base = statistics.median(base_runs)
+    # A later measurement (of an arm added afterwards) adds its ratios to the base time measured first.
+    path = root / "step_times.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    base = previous.get("seconds_per_step", {}).get("base", statistics.median(base_runs))
+    ratios = {**previous.get("ratio_to_base", {}), **ratios}
     times = {
         "base": base,
         **{arm: (1.0 if arm in SAME_COMPUTE else ratio) * base for arm, ratio in ratios.items()},
     }
+    base_runs = previous.get("base_launches", []) + base_runs
     report = {"seconds_per_step": times, "ratio_to_base": ratios, "base_launches": base_runs}
-    (root / "step_times.json").write_text(json.dumps(report, indent=2) + "\n")
+    write_atomically(path, json.dumps(report, indent=2) + "\n")
 
 
 def step_times(root: Path) -> dict[str, float]:
@@ -253,7 +263,7 @@ def posthoc(root: Path, budget: float, eval_images: int) -> None:
             flush=True,
         )
         results[arm] = {"budget_steps": steps, **scored(up_to, *EMA_PROFILES["ema 0.999, power 3/4 (base)"])}
-    (root / "posthoc.json").write_text(json.dumps(results, indent=2) + "\n")
+    write_atomically(root / "posthoc.json", json.dumps(results, indent=2) + "\n")
 
 
 def load_log(run_dir: Path) -> list[dict]:
@@ -266,51 +276,61 @@ def load_log(run_dir: Path) -> list[dict]:
 
 
 def report(root: Path, plot: Path | None) -> None:
+    """The table of every trained arm (and of `posthoc`'s rows, when scored), best classifier-FID first."""
     times = step_times(root)
     rows = []
     for run_dir in sorted(p for p in root.iterdir() if (p / "eval.json").is_file()):
         arm = run_dir.name.split("-seed")[0]
         result = json.loads((run_dir / "eval.json").read_text())
-        config = yaml.safe_load((run_dir / "config.yaml").read_text())
-        batch = config["training"]["train_batch_size"]
-        rows.append((run_dir.name, arm, result, times.get(arm), batch, load_log(run_dir)))
-    floor = rows[0][2]["floor"] if rows else {}
-    print(f"data floor at n={rows[0][2]['protocol']['num_images'] if rows else '?'}: classifier-FID "
-          f"{floor.get('classifier_fid', float('nan')):.2f}, legibility {floor.get('legibility', 0):.3f}, "
-          f"entropy {floor.get('class_entropy', 0):.3f}\n")  # fmt: skip
+        training = yaml.safe_load((run_dir / "config.yaml").read_text())["training"]
+        steps = training["max_train_steps"]
+        curve = [(r["step"], r["classifier_fid"]) for r in load_log(run_dir) if r["step"] < steps]
+        rows.append({"name": run_dir.name, "factor": ARMS[arm][0], "steps": steps, "seconds": times[arm],
+                     "batch": training["train_batch_size"], **result["samples"],
+                     "curve": [*curve, (steps, result["samples"]["classifier_fid"])]})  # fmt: skip
+    if not rows:
+        raise SystemExit(f"no arm in {root} has finished: train some with `run` first")
+    if (root / "posthoc.json").is_file():
+        for name, result in json.loads((root / "posthoc.json").read_text()).items():
+            arm = name if name in SPEED_ONLY else "base"
+            factor = ARMS[arm][0] if arm in SPEED_ONLY else f"post-hoc {name}"
+            rows.append({"name": name, "factor": factor, "steps": result["step"], "seconds": times[arm],
+                         "batch": 64, **result, "curve": []})  # fmt: skip
+    result = json.loads((root / "base" / "eval.json").read_text())
+    floor = result["floor"]
+    print(f"data floor at n={result['protocol']['num_images']}: "
+          f"classifier-FID {floor['classifier_fid']:.2f}, legibility {floor['legibility']:.3f}, "
+          f"entropy {floor['class_entropy']:.3f}\n")  # fmt: skip
     print("| arm | factor | minutes | steps | ms/step | images/s | classifier-FID | legibility | entropy |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
-    rows.sort(key=lambda row: row[2]["samples"]["classifier_fid"])
-    for name, arm, result, seconds, batch, log in rows:
-        s = result["samples"]
-        minutes = log[-1]["train_minutes"] if log else float("nan")
-        step_ms = f"{1e3 * seconds:.0f}" if seconds else "-"
-        rate = f"{batch / seconds:.0f}" if seconds else "-"
-        print(f"| {name} | {ARMS.get(arm, ('?',))[0]} | {minutes:.1f} | {log[-1]['step'] if log else '?'} | "
-              f"{step_ms} | {rate} | {s['classifier_fid']:.1f} | {s['legibility']:.3f} | "
-              f"{s['class_entropy']:.3f} |")  # fmt: skip
+    rows.sort(key=lambda row: row["classifier_fid"])
+    for r in rows:
+        print(f"| {r['name']} | {r['factor']} | {r['steps'] * r['seconds'] / 60:.1f} | {r['steps']} | "
+              f"{1e3 * r['seconds']:.0f} | {r['batch'] / r['seconds']:.0f} | {r['classifier_fid']:.1f} | "
+              f"{r['legibility']:.3f} | {r['class_entropy']:.3f} |")  # fmt: skip
     if plot:
         _plot(rows, floor, plot)
 
 
-def _plot(rows: list, floor: dict, path: Path) -> None:
+def _plot(rows: list[dict], floor: dict, path: Path) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
-    for name, _, result, _, _, log in rows:
-        minutes = [r["train_minutes"] for r in log]
-        (line,) = axes[0].plot(minutes, [r["classifier_fid"] for r in log], marker="o", markersize=3, lw=1)
-        s = result["samples"]
-        axes[1].scatter(s["legibility"], s["classifier_fid"], color=line.get_color())
-        axes[1].annotate(name, (s["legibility"], s["classifier_fid"]), fontsize=7, xytext=(3, 2),
+    for r in (r for r in rows if r["curve"]):
+        steps, fids = zip(*r["curve"], strict=True)
+        minutes = [step * r["seconds"] / 60 for step in steps]
+        (line,) = axes[0].plot(minutes, fids, marker="o", markersize=3, lw=1, label=r["name"])
+        axes[1].scatter(r["legibility"], r["classifier_fid"], color=line.get_color())
+        axes[1].annotate(r["name"], (r["legibility"], r["classifier_fid"]), fontsize=7, xytext=(3, 2),
                          textcoords="offset points")  # fmt: skip
     for ax in axes:
         ax.set_yscale("log")
-        ax.axhline(floor.get("classifier_fid", 1), color="gray", linestyle=":", label="data floor")
-    axes[0].set_xlabel("training minutes (2 CPU cores)")
+        ax.axhline(floor["classifier_fid"], color="gray", linestyle=":", label="data floor")
+    axes[0].legend(fontsize=7, ncol=2)
+    axes[0].set_xlabel("training minutes (steps x step time alone on one core)")
     axes[0].set_ylabel("classifier-FID (lower is better)")
     axes[0].set_title("quality against training time, one line per arm")
     axes[1].axvline(TARGET_LEGIBILITY, color="gray", linestyle="--")
