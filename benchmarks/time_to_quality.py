@@ -293,8 +293,8 @@ def report(root: Path, plot: Path | None) -> None:
     if (root / "posthoc.json").is_file():
         for name, result in json.loads((root / "posthoc.json").read_text()).items():
             arm = name if name in SPEED_ONLY else "base"
-            factor = ARMS[arm][0] if arm in SPEED_ONLY else f"post-hoc {name}"
-            rows.append({"name": name, "factor": factor, "steps": result["step"], "seconds": times[arm],
+            label, factor = (name, ARMS[arm][0]) if arm in SPEED_ONLY else ("base, post-hoc EMA", name)
+            rows.append({"name": label, "factor": factor, "steps": result["step"], "seconds": times[arm],
                          "batch": 64, **result, "curve": []})  # fmt: skip
     result = json.loads((root / "base" / "eval.json").read_text())
     floor = result["floor"]
@@ -319,6 +319,7 @@ def _plot(rows: list[dict], floor: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, axes = plt.subplots(1, 2, figsize=(13, 4.6))
+    axes[0].set_prop_cycle(color=plt.cm.tab20.colors)  # one colour per arm: more arms than tab10 has
     for r in (r for r in rows if r["curve"]):
         steps, fids = zip(*r["curve"], strict=True)
         minutes = [step * r["seconds"] / 60 for step in steps]
