@@ -5,9 +5,9 @@
     # sample each at 1000 (DDPM only), 50, 20, 10 and 5 steps; score; time a training step of each objective
     .venv/bin/python benchmarks/flow_vs_ddpm.py compare --picture docs/images/flow_vs_ddpm.png
 
-Every model is training/configs/mnist.yaml's recipe (the `small` UNet, batch 64, 3000 steps, AdamW 1e-3
-cosine, bf16, EMA 0.999) and differs only in what the UNet learns: epsilon or v with Min-SNR-5 weighting,
-or the flow-matching velocity (training/configs/mnist-flow.yaml). Equal steps are equal training time
+Every model is training/configs/mnist.yaml's recipe (UNet, data, batch, steps, optimizer, EMA) and differs
+only in what the UNet learns: epsilon or v with Min-SNR-5 weighting, or the flow-matching velocity
+(training/configs/mnist-flow.yaml, the same recipe). Equal steps are equal training time
 because the objectives cost the same per step: `compare` times one step of each, in the same run.
 """
 
@@ -40,7 +40,7 @@ NO_EVAL = ["--training.eval_every", "0", "--training.save_images_steps", "100000
 FAST_GRID = ["--training.sampler", "dpm-solver", "--training.num_inference_steps", "20"]
 # name -> (config, overrides)
 MODELS = {
-    "ddpm-eps": ("mnist.yaml", FAST_GRID),
+    "ddpm-eps": ("mnist.yaml", [*FAST_GRID, "--diffusion.prediction_type", "epsilon"]),
     "ddpm-v": ("mnist.yaml", [*FAST_GRID, "--diffusion.prediction_type", "v_prediction"]),
     "flow": ("mnist-flow.yaml", []),
 }

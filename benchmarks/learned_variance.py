@@ -7,15 +7,15 @@ Probabilistic Models"): same UNet, data, batch and steps; sampled by the ancestr
     # sample each with 1000, 100, 50 and 25 ancestral steps, score, time a training step of each
     .venv/bin/python benchmarks/learned_variance.py compare --picture docs/images/learned_variance.png
 
-Both models are training/configs/mnist.yaml's recipe (the `small` UNet, batch 64, 3000 steps, AdamW 1e-3
-cosine, epsilon with Min-SNR-5, bf16, EMA 0.999, seed 0). `fixed` keeps the paper's fixed_small variances;
-`learned` has `diffusion.variance_type: learned_range`: the UNet's 2 output channels are epsilon and the
-variance interpolation v, trained with L_hybrid = L_simple + 0.001 L_vlb. The paper's claim is that learned
-variances keep the ancestral sampler's quality with far fewer steps (their Fig. 8). A learned_range step costs
-one more output channel and the bound's term, so `compare` times one training step of each in the same run;
-each row of its table is appended to `OUT_ROOT/compare.jsonl` as it is scored, and a rerun skips those rows.
-`train` passes any other train.py option on to both runs, for example `--model.preset tiny
---training.max_train_steps 2000` for the shorter run reported in docs/scheduler.md.
+Both models are training/configs/mnist.yaml's recipe with epsilon-prediction, the paper's (Min-SNR-5, bf16,
+EMA 0.999, seed 0). `fixed` keeps the paper's fixed_small variances; `learned` has `diffusion.variance_type:
+learned_range`: the UNet's 2 output channels are epsilon and the variance interpolation v, trained with
+L_hybrid = L_simple + 0.001 L_vlb. The paper's claim is that learned variances keep the ancestral sampler's
+quality with far fewer steps (their Fig. 8). A learned_range step costs one more output channel and the
+bound's term, so `compare` times one training step of each in the same run; each row of its table is appended
+to `OUT_ROOT/compare.jsonl` as it is scored, and a rerun skips those rows. `train` passes any other train.py
+option on to both runs, for example `--model.preset tiny --training.max_train_steps 3000` for a shorter run
+(docs/scheduler.md gives the options of the run it reports).
 """
 
 from __future__ import annotations
@@ -47,6 +47,7 @@ CONFIG = REPO / "training" / "configs" / "mnist.yaml"
 COMMON = [
     *("--training.eval_every", "0", "--training.save_images_steps", "100000"),
     *("--training.sampler", "ddpm", "--training.num_inference_steps", "100"),
+    *("--diffusion.prediction_type", "epsilon"),
 ]
 MODELS = {"fixed": [], "learned": ["--diffusion.variance_type", "learned_range"]}
 STEPS = (1000, 100, 50, 25)
