@@ -291,11 +291,12 @@ def report(root: Path, plot: Path | None) -> None:
     if not rows:
         raise SystemExit(f"no arm in {root} has finished: train some with `run` first")
     if (root / "posthoc.json").is_file():
+        base_training = yaml.safe_load((root / "base" / "config.yaml").read_text())["training"]
         for name, result in json.loads((root / "posthoc.json").read_text()).items():
             arm = name if name in SPEED_ONLY else "base"
             label, factor = (name, ARMS[arm][0]) if arm in SPEED_ONLY else ("base, post-hoc EMA", name)
             rows.append({"name": label, "factor": factor, "steps": result["step"], "seconds": times[arm],
-                         "batch": 64, **result, "curve": []})  # fmt: skip
+                         "batch": base_training["train_batch_size"], **result, "curve": []})  # fmt: skip
     result = json.loads((root / "base" / "eval.json").read_text())
     floor = result["floor"]
     print(f"data floor at n={result['protocol']['num_images']}: "
