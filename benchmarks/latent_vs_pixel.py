@@ -1,15 +1,16 @@
 """Pixel-space against latent diffusion at 28x28: training step time, sampling time, quality and size.
 
-    .venv/bin/python benchmarks/latent_vs_pixel.py --steps 3000        # step times and the equal budget
+    .venv/bin/python benchmarks/latent_vs_pixel.py --steps 40000       # step times and the equal budget
     .venv/bin/python benchmarks/latent_vs_pixel.py --pixel checkpoints/ddpm-mnist \\
         --latent checkpoints/ldm-mnist
 
 Everything timed is measured in the same run on this machine, each model after warm-up:
-- training step: the UNet's forward, backward and AdamW step on one batch, with train.py's loss (Min-SNR-5,
-  bf16 autocast) and batch; the latent model trains on latents encoded once before training, so a step
-  costs no encoding. `--steps N` prints how many latent steps take as long as N pixel steps: the equal
-  training wall time budget. The autoencoder's own step (autoencoder-mnist.yaml's model, bf16) is timed
-  too: training it is a cost the latent model pays once, on top of that budget.
+- training step: the UNet's forward, backward and AdamW step on one batch, with the recipe of each config
+  (`--pixel-config`, `--latent-config`: its UNet, batch, target and Min-SNR weighting, bf16 autocast); the
+  latent model trains on latents encoded once before training, so a step costs no encoding. `--steps N`
+  prints how many latent steps take as long as N pixel steps: the equal training wall time budget. The
+  autoencoder's own step (`--autoencoder-config`'s model and batch, bf16) is timed too: training it is a
+  cost the latent model pays once, on top of that budget.
 - sampling: 64 images with DPM-Solver++ (20 steps), decoding included.
 - quality: classifier-FID, legibility and class entropy from each model's eval.json (same protocol).
 """
@@ -26,7 +27,7 @@ import diffusers
 import torch
 
 from hf_ddpm.arguments import ArgumentParser, at_least
-from hf_ddpm.config import AutoencoderConfig
+from hf_ddpm.config import AutoencoderRunConfig, Config, load_config
 from hf_ddpm.latents import AutoencoderLoss, build_autoencoder
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss
@@ -51,20 +52,22 @@ def median_step_seconds(model: torch.nn.Module, loss_fn, repeats: int) -> float:
     return statistics.median(times)
 
 
-def step_seconds(unet, shape: tuple[int, ...], batch: int, repeats: int) -> float:
-    """A UNet's training step with train.py's loss (Min-SNR-5) on random inputs of `shape`."""
-    scheduler = LinearNoiseScheduler()
+def step_seconds(cfg: Config, shape: tuple[int, ...], repeats: int) -> float:
+    """A training step of `cfg`'s UNet with its loss (target, Min-SNR weighting) and batch on random inputs
+    of `shape` (channels, height, width)."""
+    unet = build_unet(cfg.model.preset, shape[-1], shape[0], **cfg.model.unet_kwargs())
+    scheduler = LinearNoiseScheduler(**cfg.diffusion.scheduler_kwargs())
     generator = torch.Generator().manual_seed(0)
-    x0 = torch.randn(batch, *shape, generator=generator).clamp(-1, 1)
-    return median_step_seconds(
-        unet, lambda: diffusion_loss(unet, scheduler, x0, generator=generator, snr_gamma=5.0), repeats
-    )
+    x0 = torch.randn(cfg.training.train_batch_size, *shape, generator=generator).clamp(-1, 1)
+    loss_options = {"generator": generator, "snr_gamma": cfg.training.snr_gamma}
+    return median_step_seconds(unet, lambda: diffusion_loss(unet, scheduler, x0, **loss_options), repeats)
 
 
-def autoencoder_step_seconds(batch: int, repeats: int) -> float:
-    """train_autoencoder.py's step (encode, sample, decode, MSE + KL) for autoencoder-mnist.yaml's model."""
-    objective = AutoencoderLoss(build_autoencoder(AutoencoderConfig(), 1, 28), AutoencoderConfig().kl_weight)
-    x = torch.rand(batch, 1, 28, 28) * 2 - 1
+def autoencoder_step_seconds(run: AutoencoderRunConfig, repeats: int) -> float:
+    """train_autoencoder.py's step (encode, sample, decode, MSE + KL) for `run`'s model and batch."""
+    channels, size = run.dataset.channels, run.dataset.image_size
+    objective = AutoencoderLoss(build_autoencoder(run.autoencoder, channels, size), run.autoencoder.kl_weight)
+    x = torch.rand(run.training.train_batch_size, channels, size, size) * 2 - 1
     generator = torch.Generator().manual_seed(0)
     return median_step_seconds(objective, lambda: objective(x, generator)[0], repeats)
 
@@ -88,33 +91,37 @@ def parameters(folder: Path) -> int:
 
 def main() -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--pixel-preset", default="small")
-    parser.add_argument("--latent-preset", default="latent-small")
+    parser.add_argument("--pixel-config", default="training/configs/mnist.yaml")
+    parser.add_argument("--latent-config", default="training/configs/ldm-mnist.yaml")
+    parser.add_argument("--autoencoder-config", default="training/configs/autoencoder-mnist.yaml")
     parser.add_argument(
         "--latent-shape", type=at_least(1), nargs=3, default=[4, 7, 7], metavar=("C", "H", "W")
     )
-    parser.add_argument("--batch-size", type=at_least(1), default=64)
     parser.add_argument("--repeats", type=at_least(1), default=10)
     parser.add_argument(
-        "--steps", type=at_least(1), default=3000, help="pixel steps of the equal-time budget"
+        "--steps", type=at_least(1), default=40000, help="pixel steps of the equal-time budget"
     )
-    parser.add_argument("--autoencoder-steps", type=at_least(0), default=1500)
     parser.add_argument("--pixel", help="a trained pixel-space pipeline (with eval.json)")
     parser.add_argument("--latent", help="a trained latent pipeline (with eval.json)")
     args = parser.parse_args()
 
-    print(f"# {torch.get_num_threads()} threads, batch {args.batch_size}, bf16 autocast, Min-SNR-5")
-    pixel = build_unet(args.pixel_preset, 28, 1)
-    latent = build_unet(args.latent_preset, args.latent_shape[1], args.latent_shape[0])
-    t_pixel = step_seconds(pixel, (1, 28, 28), args.batch_size, args.repeats)
-    t_latent = step_seconds(latent, tuple(args.latent_shape), args.batch_size, args.repeats)
-    print(f"training step: pixel ({args.pixel_preset}) {t_pixel * 1000:.1f} ms, latent "
-          f"({args.latent_preset}) {t_latent * 1000:.1f} ms, ratio {t_pixel / t_latent:.2f}")  # fmt: skip
+    pixel, latent = load_config(args.pixel_config), load_config(args.latent_config)
+    batch = pixel.training.train_batch_size
+    print(f"# {torch.get_num_threads()} threads, bf16 autocast; pixel: {args.pixel_config}, latent: "
+          f"{args.latent_config}")  # fmt: skip
+    size = pixel.dataset.image_size
+    t_pixel = step_seconds(pixel, (pixel.dataset.channels, size, size), args.repeats)
+    t_latent = step_seconds(latent, tuple(args.latent_shape), args.repeats)
+    print(f"training step: pixel ({pixel.model.preset}, batch {batch}) {t_pixel * 1000:.1f} ms, latent "
+          f"({latent.model.preset}, batch {latent.training.train_batch_size}) {t_latent * 1000:.1f} ms, "
+          f"ratio {t_pixel / t_latent:.2f}")  # fmt: skip
     equal = round(args.steps * t_pixel / t_latent)
     print(f"equal wall time: {args.steps} pixel steps = {equal} latent steps")
-    t_ae = autoencoder_step_seconds(args.batch_size, args.repeats)
-    print(f"autoencoder step {t_ae * 1000:.1f} ms: {args.autoencoder_steps} steps take "
-          f"{args.autoencoder_steps * t_ae / 60:.1f} min; the pixel budget is "
+    autoencoder = load_config(args.autoencoder_config, schema=AutoencoderRunConfig)
+    t_ae = autoencoder_step_seconds(autoencoder, args.repeats)
+    ae_steps = autoencoder.training.max_train_steps
+    print(f"autoencoder step {t_ae * 1000:.1f} ms: its {ae_steps} steps take "
+          f"{ae_steps * t_ae / 60:.1f} min; the pixel budget is "
           f"{args.steps * t_pixel / 60:.1f} min")  # fmt: skip
     if not (args.pixel and args.latent):
         return
