@@ -80,7 +80,7 @@ def step_seconds(repeats: int, batch: int = 64) -> dict[str, float]:
         "ddpm-eps": lambda unet: diffusion_loss(unet, eps, x0, snr_gamma=5.0, **drawn),
         "ddpm-v": lambda unet: diffusion_loss(unet, v, x0, snr_gamma=5.0, **drawn),
         "flow": lambda unet: flow_matching_loss(
-            unet, x0, draws.noise, flow_times(draws.uniform, "uniform"), 1000
+            unet, x0, noise=draws.noise, t=flow_times(draws.uniform, "uniform"), num_train_timesteps=1000
         ),
     }
     seconds = {}

@@ -248,7 +248,9 @@ def posthoc(root: Path, budget: float, eval_images: int) -> None:
     def scored(up_to: list[Path], max_decay: float, power: float | None) -> dict:
         unet.load_state_dict(ema_from_snapshots(up_to, max_decay, power))
         unet.eval()
-        metrics = evaluate_unet(unet, scheduler.config, reference, "dpm-solver", 20, eval_images, 0)
+        metrics = evaluate_unet(
+            unet, scheduler.config, reference, sampler="dpm-solver", steps=20, num_images=eval_images, seed=0
+        )
         return {"step": checkpoint_step(up_to[-1]), **metrics}
 
     results = {}

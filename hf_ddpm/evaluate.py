@@ -125,6 +125,7 @@ def evaluate_unet(
     unet,
     scheduler_config: dict,
     ref: Reference,
+    *,
     sampler: str,
     steps: int,
     num_images: int,

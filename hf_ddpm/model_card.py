@@ -129,7 +129,16 @@ def write_model_card(
         template_path=str(template),
         title=(repo_id or cfg.training.output_dir).rstrip("/").split("/")[-1],
         summary=_summary(
-            cfg, unet, scheduler, parameters, name, short, id2label, pipeline_class, code_file, vae
+            cfg,
+            unet=unet,
+            scheduler=scheduler,
+            parameters=parameters,
+            name=name,
+            short=short,
+            id2label=id2label,
+            pipeline_class=pipeline_class,
+            code_file=code_file,
+            vae=vae,
         ),
         samples=_samples_caption(cfg, id2label) if (folder / "samples.png").is_file() else None,
         pipeline_note=_pipeline_note(id2label, code_file),
@@ -180,6 +189,7 @@ def _image_geometry(unet: dict, vae: dict | None) -> tuple[int, int]:
 
 def _summary(
     cfg: Config,
+    *,
     unet: dict,
     scheduler: dict,
     parameters: int,

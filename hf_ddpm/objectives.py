@@ -178,6 +178,7 @@ def flow_times(uniform: torch.Tensor, sampling: str, mean: float = 0.0, std: flo
 def flow_matching_loss(
     model,
     x0: torch.Tensor,
+    *,
     noise: torch.Tensor,
     t: torch.Tensor,
     num_train_timesteps: int,

@@ -105,13 +105,16 @@ def test_a_few_steps_on_real_mnist_lower_the_flow_matching_loss(mnist_dir):
     def held_out_loss() -> float:
         with torch.no_grad():
             t = flow_times(held_out.uniform, "uniform")
-            return flow_matching_loss(unet, images[-64:], held_out.noise, t, 1000).item()
+            return flow_matching_loss(
+                unet, images[-64:], noise=held_out.noise, t=t, num_train_timesteps=1000
+            ).item()
 
     before = held_out_loss()
     for step in range(40):
         batch = images[(step * 32) % 448 :][:32]
         draws = draw_batch(0, step, batch.shape, 1000)
-        loss = flow_matching_loss(unet, batch, draws.noise, flow_times(draws.uniform, "uniform"), 1000)
+        t = flow_times(draws.uniform, "uniform")
+        loss = flow_matching_loss(unet, batch, noise=draws.noise, t=t, num_train_timesteps=1000)
         loss.backward()
         optimizer.step()
         optimizer.zero_grad()

@@ -156,10 +156,10 @@ def test_the_published_classifier_fid_is_reproduced_and_an_untrained_unet_misses
     reference = load_reference("mnist")
     assert len(reference.test_images) == 10_000 and protocol["reference"] == "test split, 10000 images"
     pipeline = DDPMPipeline.from_pretrained(folder, use_safetensors=True)
-    sampling = (protocol["sampler"], protocol["steps"], protocol["num_images"], protocol["seed"])
+    sampling = {key: protocol[key] for key in ("sampler", "steps", "num_images", "seed")}
 
     def fid(unet) -> dict:
-        return evaluate_unet(unet.eval(), pipeline.scheduler.config, reference, *sampling)
+        return evaluate_unet(unet.eval(), pipeline.scheduler.config, reference, **sampling)
 
     def near(metrics: dict) -> bool:
         return (

@@ -162,7 +162,14 @@ class DiffusionTrainer(TrainLoop):
         if cfg.diffusion.flow_matching:
             d = cfg.diffusion
             times = flow_times(draws.uniform, d.time_sampling, d.logit_mean, d.logit_std)
-            loss = flow_matching_loss(model, x0, draws.noise, times, num_train_timesteps, class_labels)
+            loss = flow_matching_loss(
+                model,
+                x0,
+                noise=draws.noise,
+                t=times,
+                num_train_timesteps=num_train_timesteps,
+                class_labels=class_labels,
+            )
         else:
             loss = diffusion_loss(
                 model,
@@ -253,12 +260,12 @@ class DiffusionTrainer(TrainLoop):
             model,
             self.scheduler.config,
             self.reference,
-            training.eval_sampler,
-            training.eval_num_inference_steps,
-            training.eval_num_images,
-            training.seed,
-            training.guidance_scale,
-            self.components["vae"],
+            sampler=training.eval_sampler,
+            steps=training.eval_num_inference_steps,
+            num_images=training.eval_num_images,
+            seed=training.seed,
+            guidance_scale=training.guidance_scale,
+            vae=self.components["vae"],
         )
 
     def export(self) -> None:
