@@ -1,6 +1,6 @@
 """Pixel-space against latent diffusion at 28x28: training step time, sampling time, quality and size.
 
-    .venv/bin/python benchmarks/latent_vs_pixel.py --steps 40000       # step times and the equal budget
+    .venv/bin/python benchmarks/latent_vs_pixel.py                     # step times and the equal budget
     .venv/bin/python benchmarks/latent_vs_pixel.py --pixel checkpoints/ddpm-mnist \\
         --latent checkpoints/ldm-mnist
 
@@ -99,7 +99,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=at_least(1), default=10)
     parser.add_argument(
-        "--steps", type=at_least(1), default=40000, help="pixel steps of the equal-time budget"
+        "--steps", type=at_least(1), help="pixel steps of the equal-time budget (default: the pixel config's)"
     )
     parser.add_argument("--pixel", help="a trained pixel-space pipeline (with eval.json)")
     parser.add_argument("--latent", help="a trained latent pipeline (with eval.json)")
@@ -115,14 +115,14 @@ def main() -> None:
     print(f"training step: pixel ({pixel.model.preset}, batch {batch}) {t_pixel * 1000:.1f} ms, latent "
           f"({latent.model.preset}, batch {latent.training.train_batch_size}) {t_latent * 1000:.1f} ms, "
           f"ratio {t_pixel / t_latent:.2f}")  # fmt: skip
-    equal = round(args.steps * t_pixel / t_latent)
-    print(f"equal wall time: {args.steps} pixel steps = {equal} latent steps")
+    steps = args.steps or pixel.training.max_train_steps
+    print(f"equal wall time: {steps} pixel steps = {round(steps * t_pixel / t_latent)} latent steps")
     autoencoder = load_config(args.autoencoder_config, schema=AutoencoderRunConfig)
     t_ae = autoencoder_step_seconds(autoencoder, args.repeats)
     ae_steps = autoencoder.training.max_train_steps
     print(f"autoencoder step {t_ae * 1000:.1f} ms: its {ae_steps} steps take "
           f"{ae_steps * t_ae / 60:.1f} min; the pixel budget is "
-          f"{args.steps * t_pixel / 60:.1f} min")  # fmt: skip
+          f"{steps * t_pixel / 60:.1f} min")  # fmt: skip
     if not (args.pixel and args.latent):
         return
 
