@@ -23,6 +23,7 @@ import yaml
 from .arguments import ArgumentParser, at_least, non_negative
 from .classifier import Classifier, load_classifier
 from .data import load_labeled_split
+from .files import write_atomically
 from .metrics import (
     MIN_FID_IMAGES,
     classifier_metrics,
@@ -82,7 +83,7 @@ def describe_protocol(ref: Reference, num_images: int, inception_images: int = 0
 
 
 def write_report(path: Path, report: dict) -> None:
-    path.write_text(json.dumps(report, indent=2) + "\n")
+    write_atomically(path, json.dumps(report, indent=2) + "\n")
 
 
 def to_nchw(images) -> torch.Tensor:
