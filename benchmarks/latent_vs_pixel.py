@@ -25,14 +25,12 @@ from pathlib import Path
 
 import diffusers
 import torch
+from throughput import build_plain_loop
 
 from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import AutoencoderRunConfig, Config, load_config
 from hf_ddpm.latents import AutoencoderLoss, build_autoencoder
-from hf_ddpm.models import build_unet
-from hf_ddpm.objectives import diffusion_loss
 from hf_ddpm.pipeline import generate, load_pipeline
-from hf_ddpm.scheduler import LinearNoiseScheduler
 
 
 def median_step_seconds(model: torch.nn.Module, loss_fn, repeats: int) -> float:
@@ -54,13 +52,10 @@ def median_step_seconds(model: torch.nn.Module, loss_fn, repeats: int) -> float:
 
 def step_seconds(cfg: Config, shape: tuple[int, ...], repeats: int) -> float:
     """A training step of `cfg`'s UNet with its loss (target, Min-SNR weighting) and batch on random inputs
-    of `shape` (channels, height, width)."""
-    unet = build_unet(cfg.model.preset, shape[-1], shape[0], **cfg.model.unet_kwargs())
-    scheduler = LinearNoiseScheduler(**cfg.diffusion.scheduler_kwargs())
-    generator = torch.Generator().manual_seed(0)
-    x0 = torch.randn(cfg.training.train_batch_size, *shape, generator=generator).clamp(-1, 1)
-    loss_options = {"generator": generator, "snr_gamma": cfg.training.snr_gamma}
-    return median_step_seconds(unet, lambda: diffusion_loss(unet, scheduler, x0, **loss_options), repeats)
+    of `shape` (channels, height, width): the throughput benchmark's plain loop at that shape."""
+    loop = build_plain_loop(cfg, shape[0], image_size=shape[-1])
+    x0 = torch.randn(cfg.training.train_batch_size, *shape, generator=loop.rng).clamp(-1, 1)
+    return median_step_seconds(loop.model, lambda: loop.loss(x0), repeats)
 
 
 def autoencoder_step_seconds(run: AutoencoderRunConfig, repeats: int) -> float:

@@ -216,11 +216,15 @@ class PlainLoop:
         self.optimizer.zero_grad(set_to_none=True)
 
 
-def build_plain_loop(cfg: Config, channels: int, bf16: bool = False, device: str = "cpu") -> PlainLoop:
-    """A fresh UNet on `device` with train.py's AdamW; seeded, so every variant starts alike."""
+def build_plain_loop(
+    cfg: Config, channels: int, bf16: bool = False, device: str = "cpu", image_size: int | None = None
+) -> PlainLoop:
+    """A fresh UNet on `device` with train.py's AdamW; seeded, so every variant starts alike. `image_size`
+    replaces the dataset's (a latent model's UNet sees the autoencoder's latents)."""
     t = cfg.training
     set_seed(t.seed)
-    model = build_unet(cfg.model.preset, cfg.dataset.image_size, channels, **cfg.model.unet_kwargs())
+    size = image_size or cfg.dataset.image_size
+    model = build_unet(cfg.model.preset, size, channels, **cfg.model.unet_kwargs())
     model.to(device).train()
     optimizer = build_optimizer(model.parameters(), t)
     scheduler = LinearNoiseScheduler(**cfg.diffusion.scheduler_kwargs())
