@@ -4,15 +4,20 @@
     .venv/bin/python benchmarks/flow_vs_ddpm.py train
     # sample each at 1000 (DDPM only), 50, 20, 10 and 5 steps; score; time a training step of each objective
     .venv/bin/python benchmarks/flow_vs_ddpm.py compare --picture docs/images/flow_vs_ddpm.png
+    # or compare other training runs of the same recipe, such as the reference checkpoints' runs
+    .venv/bin/python benchmarks/flow_vs_ddpm.py compare --runs ddpm-v=outputs/reference/ddpm-mnist \
+        flow=outputs/reference/flow-mnist
 
 Every model is training/configs/mnist.yaml's recipe (UNet, data, batch, steps, optimizer, EMA) and differs
 only in what the UNet learns: epsilon or v with Min-SNR-5 weighting, or the flow-matching velocity
 (training/configs/mnist-flow.yaml, the same recipe). Equal steps are equal training time
-because the objectives cost the same per step: `compare` times one step of each, in the same run.
+because the objectives cost the same per step: `compare` times one step of each run's config (UNet, batch,
+objective), in the same run.
 """
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -24,6 +29,7 @@ from latent_vs_pixel import median_step_seconds
 from safetensors.torch import load_file
 
 from hf_ddpm.arguments import ArgumentParser, at_least
+from hf_ddpm.config import load_config
 from hf_ddpm.evaluate import data_floor, load_reference, score, to_nchw
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.metrics import MIN_FID_IMAGES
@@ -70,25 +76,28 @@ PICTURE_SAMPLER = {"ddpm-eps": "dpm-solver", "ddpm-v": "dpm-solver", "flow": "fl
 PICTURE_STEPS = (1000, *FEW_STEPS)
 
 
-def step_seconds(repeats: int, batch: int = 64) -> dict[str, float]:
-    """One training step of each objective with the same `small` UNet and batch (bf16 autocast, AdamW)."""
-    x0 = torch.rand(batch, 1, 28, 28, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    draws = draw_batch(0, 0, tuple(x0.shape), 1000)
-    drawn = {"noise": draws.noise, "timesteps": draws.timesteps}
-    eps, v = LinearNoiseScheduler(), LinearNoiseScheduler(prediction_type="v_prediction")
-    losses = {
-        "ddpm-eps": lambda unet: diffusion_loss(unet, eps, x0, snr_gamma=5.0, **drawn),
-        "ddpm-v": lambda unet: diffusion_loss(unet, v, x0, snr_gamma=5.0, **drawn),
-        "flow": lambda unet: flow_matching_loss(
-            unet, x0, noise=draws.noise, t=flow_times(draws.uniform, "uniform"), num_train_timesteps=1000
-        ),
+def step_seconds(run: Path, repeats: int) -> float:
+    """One training step of `run` as its config.yaml says (objective, UNet, batch, loss weighting), on
+    random images (bf16 autocast, AdamW)."""
+    cfg = load_config(run / "config.yaml")
+    d, channels, size = cfg.diffusion, cfg.dataset.channels, cfg.dataset.image_size
+    shape = (cfg.training.train_batch_size, channels, size, size)
+    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    draws = draw_batch(0, 0, shape, d.num_train_timesteps)
+    torch.manual_seed(0)
+    unet = build_unet(cfg.model.preset, size, channels, **cfg.model.unet_kwargs())
+    if d.flow_matching:
+        t = flow_times(draws.uniform, d.time_sampling, d.logit_mean, d.logit_std)
+        options = {"noise": draws.noise, "t": t, "num_train_timesteps": d.num_train_timesteps}
+        return median_step_seconds(unet, lambda: flow_matching_loss(unet, x0, **options), repeats)
+    scheduler = LinearNoiseScheduler(**d.scheduler_kwargs())
+    options = {
+        "noise": draws.noise,
+        "timesteps": draws.timesteps,
+        "snr_gamma": cfg.training.snr_gamma,
+        "weighting_scheme": cfg.training.weighting_scheme,
     }
-    seconds = {}
-    for name, loss in losses.items():
-        torch.manual_seed(0)
-        unet = build_unet("small")
-        seconds[name] = median_step_seconds(unet, lambda unet=unet, loss=loss: loss(unet), repeats)
-    return seconds
+    return median_step_seconds(unet, lambda: diffusion_loss(unet, scheduler, x0, **options), repeats)
 
 
 def train_minutes(run: Path) -> float:
@@ -99,24 +108,30 @@ def train_minutes(run: Path) -> float:
     return load_file(last)["train_seconds"].item() / 60
 
 
-def compare(out_root: Path, num_images: int, seed: int, picture: Path | None, repeats: int) -> None:
+def compare(
+    runs: dict[str, Path], out_root: Path, num_images: int, seed: int, picture: Path | None, repeats: int
+) -> None:
+    """Samples, scores and times the training output folders `runs` (model name -> folder)."""
     threads = torch.get_num_threads()
     print(f"# {num_images} samples per row, seed {seed}, {threads} threads; classifier metrics against the "
           "MNIST test split (10,000 digits)", flush=True)  # fmt: skip
-    steps = step_seconds(repeats)
-    print("\n| model | train step (ms, measured here) | vs ddpm-eps | steps | training clock (min) |")
-    print("|---|---|---|---|---|")
+    steps = {name: step_seconds(run, repeats) for name, run in runs.items()}
+    first = next(iter(steps))
+    print(
+        f"\n| model | folder | train step (ms, measured here) | vs {first} | steps | training clock (min) |"
+    )
+    print("|---|---|---|---|---|---|")
     for name, s in steps.items():
-        run = out_root / name
+        run = runs[name]
         config = json.loads((run / "run_info.json").read_text())
-        print(f"| {name} | {1000 * s:.1f} | {s / steps['ddpm-eps']:.3f}x | {config['steps']} | "
+        print(f"| {name} | {run} | {1000 * s:.1f} | {s / steps[first]:.3f}x | {config['steps']} | "
               f"{train_minutes(run):.1f} |", flush=True)  # fmt: skip
     ref = load_reference("mnist")
     print("\n| model | sampler | steps | classifier-FID | legibility | class entropy | s/image |")
     print("|---|---|---|---|---|---|---|")
     rows, cells = [], {}
-    for name, sampler, n in SWEEP:
-        pipeline = load_pipeline(out_root / name, sampler)
+    for name, sampler, n in [row for row in SWEEP if row[0] in runs]:
+        pipeline = load_pipeline(runs[name], sampler)
         pipeline.set_progress_bar_config(disable=True)
         start = time.perf_counter()
         images = generate(pipeline, num_images, n, seed=seed, batch_size=128)
@@ -129,12 +144,14 @@ def compare(out_root: Path, num_images: int, seed: int, picture: Path | None, re
     floor = data_floor(ref, num_images)
     print(_row({"model": f"data ({num_images} train vs test)", "sampler": "-", "steps": "-", **floor,
                 "s_per_image": float("nan")}))  # fmt: skip
+    out_root.mkdir(parents=True, exist_ok=True)
     (out_root / "compare.json").write_text(
         json.dumps({"num_images": num_images, "seed": seed, "threads": threads, "train_step_seconds": steps,
-                    "rows": rows, "floor": floor}, indent=2) + "\n"
+                    "runs": {name: str(run) for name, run in runs.items()}, "rows": rows, "floor": floor},
+                   indent=2) + "\n"
     )  # fmt: skip
     if picture:
-        step_grid_picture(cells, picture, list(PICTURE_SAMPLER), PICTURE_STEPS)
+        step_grid_picture(cells, picture, [m for m in PICTURE_SAMPLER if m in runs], PICTURE_STEPS)
         print(f"wrote {picture}")
 
 
@@ -191,11 +208,32 @@ def main() -> None:
         "--repeats", type=at_least(1), default=10, help="timed training steps per objective"
     )
     p_compare.add_argument("--picture", type=Path, help="PNG: one row per model, one column per step count")
+    p_compare.add_argument(
+        "--runs",
+        nargs="+",
+        type=model_folder,
+        metavar="MODEL=FOLDER",
+        help=f"training output folders to compare instead of OUT_ROOT/MODEL; MODEL: one of {list(MODELS)}",
+    )
     args, extra = parser.parse_known_args()
     if args.command == "train":
         train(args.models, args.out_root, args.threads, extra)
     else:
-        compare(args.out_root, args.num_images, args.seed, args.picture, args.repeats)
+        runs = dict(args.runs) if args.runs else {name: args.out_root / name for name in MODELS}
+        if unfinished := [str(run) for run in runs.values() if not (run / "run_info.json").is_file()]:
+            parser.error(
+                f"no finished training run in {', '.join(unfinished)} (no run_info.json): run "
+                "`flow_vs_ddpm.py train` first, or pass --runs MODEL=FOLDER"
+            )
+        compare(runs, args.out_root, args.num_images, args.seed, args.picture, args.repeats)
+
+
+def model_folder(text: str) -> tuple[str, Path]:
+    """`--runs` values: MODEL=FOLDER, MODEL being a key of MODELS."""
+    name, _, folder = text.partition("=")
+    if name not in MODELS or not folder:
+        raise argparse.ArgumentTypeError(f"{text!r} is not MODEL=FOLDER with MODEL one of {list(MODELS)}")
+    return name, Path(folder)
 
 
 if __name__ == "__main__":

@@ -63,6 +63,8 @@ CASES = [
     ([*PY, BENCH / "latent_vs_pixel.py", "--repeats", "0"], f"--repeats: {TOO_SMALL}"),
     ([*PY, BENCH / "flow_vs_ddpm.py", "compare", "--num-images", "1"], "--num-images: 1 is too small"),
     ([*PY, BENCH / "learned_variance.py", "compare", "--repeats", "0"], f"--repeats: {TOO_SMALL}"),
+    ([*PY, BENCH / "flow_vs_ddpm.py", "compare", "--runs", "ddpm=outputs/x"], "is not MODEL=FOLDER"),
+    ([*PY, BENCH / "flow_vs_ddpm.py", "compare", "--runs", "flow=/nix"], "no finished training run in /nix"),
 ]  # fmt: skip
 
 
