@@ -221,17 +221,17 @@ def build_plain_loop(
 ) -> PlainLoop:
     """A fresh UNet on `device` with train.py's AdamW; seeded, so every variant starts alike. `image_size`
     replaces the dataset's (a latent model's UNet sees the autoencoder's latents)."""
-    t = cfg.training
-    set_seed(t.seed)
+    training = cfg.training
+    set_seed(training.seed)
     size = image_size or cfg.dataset.image_size
     model = build_unet(cfg.model.preset, size, channels, **cfg.model.unet_kwargs())
     model.to(device).train()
-    optimizer = build_optimizer(model.parameters(), t)
+    optimizer = build_optimizer(model.parameters(), training)
     scheduler = LinearNoiseScheduler(**cfg.diffusion.scheduler_kwargs())
     # train.py passes its Min-SNR weighting on to the loss when the config sets one.
-    snr_gamma = getattr(t, "snr_gamma", None)
+    snr_gamma = getattr(training, "snr_gamma", None)
     options = {"snr_gamma": snr_gamma} if snr_gamma is not None else {}
-    generator = torch.Generator(device).manual_seed(t.seed)
+    generator = torch.Generator(device).manual_seed(training.seed)
     return PlainLoop(model, optimizer, scheduler, generator, options, bf16, device)
 
 

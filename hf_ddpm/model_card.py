@@ -251,13 +251,13 @@ def _summary(
 
 
 def _samples_caption(cfg: Config, id2label: dict[str, str] | None) -> str:
-    t = cfg.training
+    training = cfg.training
     guidance = ""
     if id2label:
-        guidance = f", guidance scale {t.guidance_scale:g}; the classes cycle in label order"
+        guidance = f", guidance scale {training.guidance_scale:g}; the classes cycle in label order"
     return (
-        f"{t.num_sample_images} samples from these weights: {SAMPLERS[t.sampler].title}, "
-        f"{t.num_inference_steps} steps, seed {t.seed}{guidance}"
+        f"{training.num_sample_images} samples from these weights: {SAMPLERS[training.sampler].title}, "
+        f"{training.num_inference_steps} steps, seed {training.seed}{guidance}"
     )
 
 
@@ -285,18 +285,18 @@ def _usage(
     vae: dict | None = None,
 ) -> str:
     """Python that loads the pipeline and samples it the way `samples.png` was made (sampler, steps)."""
-    t = cfg.training
+    training = cfg.training
     # The saved scheduler samples as it is; another one is swapped in (in its flow mode for flow matching).
-    saved = t.sampler == SAVED_SAMPLER[cfg.diffusion.objective]
-    scheduler_class = None if saved else SAMPLERS[t.sampler].scheduler_class
+    saved = training.sampler == SAVED_SAMPLER[cfg.diffusion.objective]
+    scheduler_class = None if saved else SAMPLERS[training.sampler].scheduler_class
     flow_options = f", {FLOW_DPM_SOLVER}" if cfg.diffusion.flow_matching else ""
     remote_code = bool(id2label or vae)
     pipeline_class = "DiffusionPipeline" if remote_code else "DDPMPipeline"
     imports = ", ".join(c for c in (scheduler_class, pipeline_class) if c)
     steps = (
         ""
-        if t.sampler == "ddpm" and t.num_inference_steps == 1000
-        else f", num_inference_steps={t.num_inference_steps}"
+        if training.sampler == "ddpm" and training.num_inference_steps == 1000
+        else f", num_inference_steps={training.num_inference_steps}"
     )
     size, mode = geometry[0], "L" if geometry[1] == 1 else "RGB"
     if remote_code:
@@ -309,8 +309,8 @@ def _usage(
         call = (
             f"labels = {names}  # class names (pipeline.labels) or indices\n"
             "generator = torch.Generator().manual_seed(0)\n"
-            f"images = pipeline({labels}, guidance_scale={t.guidance_scale:g}{steps}, generator=generator)"
-            ".images"
+            f"images = pipeline({labels}, guidance_scale={training.guidance_scale:g}{steps}, "
+            "generator=generator).images"
         )
     else:
         call = f"images = pipeline(batch_size=16{steps}, generator=torch.Generator().manual_seed(0)).images"
@@ -336,23 +336,24 @@ def _training_rows(
     id2label: dict[str, str] | None = None,
     vae: dict | None = None,
 ) -> list[tuple[str, str]]:
-    t = cfg.training
+    training = cfg.training
     source = f"[{name}](https://huggingface.co/datasets/{name})" if "/" in name else f"`{name}`"
     if run.data_source != name:
         source += " (a local copy)"
     images = f", {run.num_images:,} images" if run.num_images else ""
-    global_batch = t.train_batch_size * run.num_processes * t.gradient_accumulation_steps
+    global_batch = training.train_batch_size * run.num_processes * training.gradient_accumulation_steps
     epochs = f" ({run.steps * global_batch / run.num_images:.1f} epochs)" if run.num_images else ""
     batch = f"{global_batch}"
-    if global_batch != t.train_batch_size:
+    if global_batch != training.train_batch_size:
         batch += (
-            f" ({t.train_batch_size} per process x {run.num_processes} processes x "
-            f"{t.gradient_accumulation_steps} accumulation steps)"
+            f" ({training.train_batch_size} per process x {run.num_processes} processes x "
+            f"{training.gradient_accumulation_steps} accumulation steps)"
         )
-    warmup = f", {t.lr_warmup_steps} warmup steps" if t.lr_warmup_steps else ""
+    warmup = f", {training.lr_warmup_steps} warmup steps" if training.lr_warmup_steps else ""
     ema = (
-        f"yes: decay up to {t.ema_max_decay} (warmup 1 - (1 + step / {t.ema_inv_gamma:g})^-{t.ema_power:g})"
-        if t.use_ema
+        f"yes: decay up to {training.ema_max_decay} "
+        f"(warmup 1 - (1 + step / {training.ema_inv_gamma:g})^-{training.ema_power:g})"
+        if training.use_ema
         else "no"
     )
     return [
@@ -374,11 +375,12 @@ def _training_rows(
         ("Random flips", "yes" if cfg.dataset.random_flip else "no"),
         ("Steps", f"{run.steps:,} optimizer steps{epochs}"),
         ("Batch", batch),
-        ("Learning rate", f"{t.learning_rate:g}, {t.lr_scheduler} schedule{warmup}"),
+        ("Learning rate", f"{training.learning_rate:g}, {training.lr_scheduler} schedule{warmup}"),
         (
             "Optimizer",
-            f"AdamW (betas {t.adam_beta1:g}, {t.adam_beta2:g}; weight decay {t.adam_weight_decay:g}), "
-            f"gradient clipping at {t.max_grad_norm:g}",
+            f"AdamW (betas {training.adam_beta1:g}, {training.adam_beta2:g}; "
+            f"weight decay {training.adam_weight_decay:g}), "
+            f"gradient clipping at {training.max_grad_norm:g}",
         ),
         ("Loss", _loss(cfg)),
         *(
@@ -386,17 +388,20 @@ def _training_rows(
                 (
                     "Conditioning",
                     f"`{cfg.dataset.label_column}` ({len(id2label)} classes) + a learned null class; "
-                    f"labels dropped to the null class with probability {t.cond_drop_prob:g}",
+                    f"labels dropped to the null class with probability {training.cond_drop_prob:g}",
                 )
             ]
             if id2label
             else []
         ),
         ("EMA", ema),
-        ("Precision", "fp32" if t.mixed_precision == "no" else f"{t.mixed_precision} mixed precision"),
+        (
+            "Precision",
+            "fp32" if training.mixed_precision == "no" else f"{training.mixed_precision} mixed precision",
+        ),
         ("Hardware", f"{run.hardware}; {run.num_processes} process{'es' if run.num_processes > 1 else ''}"),
         ("Wall time", _duration(run.wall_time_s)),
-        ("Seed", str(t.seed)),
+        ("Seed", str(training.seed)),
         ("Software", _versions()),
     ]
 
