@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 
 import torch
-from latent_vs_pixel import median_step_seconds
+from latent_vs_pixel import step_seconds
 from safetensors.torch import load_file
 
 from hf_ddpm.arguments import ArgumentParser, at_least
@@ -33,10 +33,7 @@ from hf_ddpm.config import load_config
 from hf_ddpm.evaluate import data_floor, load_reference, score, to_nchw
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.metrics import MIN_FID_IMAGES
-from hf_ddpm.models import build_unet
-from hf_ddpm.objectives import diffusion_loss, draw_batch, flow_matching_loss, flow_times
 from hf_ddpm.pipeline import generate, load_pipeline
-from hf_ddpm.scheduler import LinearNoiseScheduler
 
 REPO = Path(__file__).resolve().parents[1]
 CONFIGS = REPO / "training" / "configs"
@@ -76,28 +73,12 @@ PICTURE_SAMPLER = {"ddpm-eps": "dpm-solver", "ddpm-v": "dpm-solver", "flow": "fl
 PICTURE_STEPS = (1000, *FEW_STEPS)
 
 
-def step_seconds(run: Path, repeats: int) -> float:
+def run_step_seconds(run: Path, repeats: int) -> float:
     """One training step of `run` as its config.yaml says (objective, UNet, batch, loss weighting), on
     random images (bf16 autocast, AdamW)."""
     cfg = load_config(run / "config.yaml")
-    d, channels, size = cfg.diffusion, cfg.dataset.channels, cfg.dataset.image_size
-    shape = (cfg.training.train_batch_size, channels, size, size)
-    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(0)) * 2 - 1
-    draws = draw_batch(0, 0, shape, d.num_train_timesteps)
-    torch.manual_seed(0)
-    unet = build_unet(cfg.model.preset, size, channels, **cfg.model.unet_kwargs())
-    if d.flow_matching:
-        t = flow_times(draws.uniform, d.time_sampling, d.logit_mean, d.logit_std)
-        options = {"noise": draws.noise, "t": t, "num_train_timesteps": d.num_train_timesteps}
-        return median_step_seconds(unet, lambda: flow_matching_loss(unet, x0, **options), repeats)
-    scheduler = LinearNoiseScheduler(**d.scheduler_kwargs())
-    options = {
-        "noise": draws.noise,
-        "timesteps": draws.timesteps,
-        "snr_gamma": cfg.training.snr_gamma,
-        "weighting_scheme": cfg.training.weighting_scheme,
-    }
-    return median_step_seconds(unet, lambda: diffusion_loss(unet, scheduler, x0, **options), repeats)
+    shape = (cfg.dataset.channels, cfg.dataset.image_size, cfg.dataset.image_size)
+    return step_seconds(cfg, shape, repeats)
 
 
 def train_minutes(run: Path) -> float:
@@ -115,7 +96,7 @@ def compare(
     threads = torch.get_num_threads()
     print(f"# {num_images} samples per row, seed {seed}, {threads} threads; classifier metrics against the "
           "MNIST test split (10,000 digits)", flush=True)  # fmt: skip
-    steps = {name: step_seconds(run, repeats) for name, run in runs.items()}
+    steps = {name: run_step_seconds(run, repeats) for name, run in runs.items()}
     first = next(iter(steps))
     print(
         f"\n| model | folder | train step (ms, measured here) | vs {first} | steps | training clock (min) |"

@@ -51,10 +51,11 @@ def median_step_seconds(model: torch.nn.Module, loss_fn, repeats: int) -> float:
 
 
 def step_seconds(cfg: Config, shape: tuple[int, ...], repeats: int) -> float:
-    """A training step of `cfg`'s UNet with its loss (target, Min-SNR weighting) and batch on random inputs
-    of `shape` (channels, height, width): the throughput benchmark's plain loop at that shape."""
+    """A training step of `cfg`'s UNet with its loss (objective, target, weighting) and batch on random
+    inputs of `shape` (channels, height, width): the throughput benchmark's plain loop at that shape."""
     loop = build_plain_loop(cfg, shape[0], image_size=shape[-1])
-    x0 = torch.randn(cfg.training.train_batch_size, *shape, generator=loop.rng).clamp(-1, 1)
+    generator = torch.Generator().manual_seed(cfg.training.seed)
+    x0 = torch.randn(cfg.training.train_batch_size, *shape, generator=generator).clamp(-1, 1)
     return median_step_seconds(loop.model, lambda: loop.loss(x0), repeats)
 
 

@@ -7,7 +7,8 @@ thread count, so the ratios compare like with like:
    with `max_train_steps` N1 and N2 and no checkpoints, grids or trackers inside the run; its step time
    is (T2 - T1) / (N2 - N1) from the wall times T of the two launches, so start-up, data decoding,
    compilation and the final export cancel. The plain loop is the same UNet preset, AdamW and
-   `diffusion_loss` on batches already in memory (in [-1, 1]), timed after warm-up steps. The ratio
+   `training_loss` (train.py's loss and random numbers) on batches already in memory (in [-1, 1]), timed
+   after warm-up steps. The ratio
    train.py / plain is what the accelerate loop (EMA, gradient clipping, LR schedule, data loading,
    logging) costs per step.
 2. Data-loading share: iterating the DataLoader that train.py builds (same dataset, batch, workers,
@@ -60,7 +61,7 @@ from hf_ddpm.evaluate import default_device
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.model_card import cpu_model
 from hf_ddpm.models import build_unet
-from hf_ddpm.objectives import diffusion_loss
+from hf_ddpm.objectives import draw_batch, training_loss
 from hf_ddpm.scheduler import LinearNoiseScheduler
 from hf_ddpm.training.loop import build_accelerator, build_dataloader, build_optimizer
 
@@ -196,19 +197,23 @@ def make_batches(dataset: TensorDataset, batch_size: int) -> list[torch.Tensor]:
 
 @dataclasses.dataclass
 class PlainLoop:
-    """The minimal training step: the same UNet, AdamW and loss as train.py, nothing else."""
+    """The minimal training step: the same UNet, AdamW, random numbers and loss as train.py, nothing else."""
 
     model: torch.nn.Module
     optimizer: torch.optim.Optimizer
     scheduler: LinearNoiseScheduler
-    rng: torch.Generator
-    loss_options: dict[str, Any]
+    cfg: Config
     bf16: bool = False
     device: str = "cpu"
+    micro_step: int = 0
 
     def loss(self, x0: torch.Tensor) -> torch.Tensor:
+        config = {"diffusion": self.cfg.diffusion, "training": self.cfg.training}
+        timesteps = self.cfg.diffusion.num_train_timesteps
+        draws = draw_batch(self.cfg.training.seed, self.micro_step, x0.shape, timesteps, device=x0.device)
+        self.micro_step += 1
         with torch.autocast(torch.device(self.device).type, dtype=torch.bfloat16, enabled=self.bf16):
-            return diffusion_loss(self.model, self.scheduler, x0, generator=self.rng, **self.loss_options)
+            return training_loss(self.model, self.scheduler, x0, draws, **config)
 
     def step(self, x0: torch.Tensor) -> None:
         self.loss(x0).backward()
@@ -221,18 +226,13 @@ def build_plain_loop(
 ) -> PlainLoop:
     """A fresh UNet on `device` with train.py's AdamW; seeded, so every variant starts alike. `image_size`
     replaces the dataset's (a latent model's UNet sees the autoencoder's latents)."""
-    training = cfg.training
-    set_seed(training.seed)
+    set_seed(cfg.training.seed)
     size = image_size or cfg.dataset.image_size
     model = build_unet(cfg.model.preset, size, channels, **cfg.model.unet_kwargs())
     model.to(device).train()
-    optimizer = build_optimizer(model.parameters(), training)
+    optimizer = build_optimizer(model.parameters(), cfg.training)
     scheduler = LinearNoiseScheduler(**cfg.diffusion.scheduler_kwargs())
-    # train.py passes its Min-SNR weighting on to the loss when the config sets one.
-    snr_gamma = getattr(training, "snr_gamma", None)
-    options = {"snr_gamma": snr_gamma} if snr_gamma is not None else {}
-    generator = torch.Generator(device).manual_seed(training.seed)
-    return PlainLoop(model, optimizer, scheduler, generator, options, bf16, device)
+    return PlainLoop(model, optimizer, scheduler, cfg, bf16, device)
 
 
 def time_plain(

@@ -5,13 +5,16 @@ matching (Lipman et al. 2023, "Flow Matching for Generative Modeling"; Liu et al
 from __future__ import annotations
 
 import hashlib
-from typing import NamedTuple
+from typing import TYPE_CHECKING, NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from .likelihood import bound_tables, term_bits
 from .scheduler import LEARNED_VARIANCE_TYPES
+
+if TYPE_CHECKING:
+    from .config import DiffusionConfig, TrainingConfig
 
 # lambda of L_hybrid = L_simple + lambda L_vlb (Nichol & Dhariwal 2021, Sec. 3.1).
 VLB_WEIGHT = 0.001
@@ -249,3 +252,43 @@ def draw_batch(
     timesteps = torch.randint(0, num_train_timesteps, (batch,), **options)
     uniform = torch.rand(batch, **options)  # drawn last: the draws above stay those of earlier versions
     return BatchDraws(noise[rows], timesteps[rows], flip[rows], drop[rows], uniform[rows])
+
+
+def training_loss(
+    model,
+    scheduler,
+    x0: torch.Tensor,
+    draws: BatchDraws,
+    *,
+    diffusion: DiffusionConfig,
+    training: TrainingConfig,
+    class_labels: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """The loss a run's config trains, on one micro-batch's random numbers (`draw_batch`): flow matching's
+    velocity regression, or L_simple with the configured target and weighting (L_hybrid with learned
+    variances). train.py and the benchmarks' plain training step both call it, so they train the same thing.
+
+    Args:
+        scheduler: the DDPM noise schedule (`LinearNoiseScheduler`); flow matching does not use it.
+        x0: clean images (or scaled latents), (batch, C, H, W).
+        class_labels: int64 (batch,) class indices for a class-conditional UNet, the null class where dropped.
+    """
+    if diffusion.flow_matching:
+        return flow_matching_loss(
+            model,
+            x0,
+            noise=draws.noise,
+            t=flow_times(draws.uniform, diffusion.time_sampling, diffusion.logit_mean, diffusion.logit_std),
+            num_train_timesteps=diffusion.num_train_timesteps,
+            class_labels=class_labels,
+        )
+    return diffusion_loss(
+        model,
+        scheduler,
+        x0,
+        noise=draws.noise,
+        timesteps=draws.timesteps,
+        snr_gamma=training.snr_gamma,
+        weighting_scheme=training.weighting_scheme,
+        class_labels=class_labels,
+    )

@@ -1,10 +1,16 @@
 """The training objective: Min-SNR weighting puts every prediction target on the same x_0 scale."""
 
+from pathlib import Path
+from types import SimpleNamespace
+
 import pytest
 import torch
 
-from hf_ddpm.objectives import diffusion_loss, draw_batch, min_snr_weight, p2_weight
+from hf_ddpm.config import load_config
+from hf_ddpm.objectives import diffusion_loss, draw_batch, min_snr_weight, p2_weight, training_loss
 from hf_ddpm.scheduler import LinearNoiseScheduler
+
+REPO = Path(__file__).resolve().parents[1]
 
 
 def wrong_prediction(prediction_type: str):
@@ -185,3 +191,36 @@ def test_a_few_steps_of_l_hybrid_lower_the_bound_on_real_mnist(mnist_dir):
         optimizer.zero_grad()
     after = held_out_terms()
     assert after[0] < 0.7 * before[0] and after[1] < 0.7 * before[1], (before, after)
+
+
+class Oracle(torch.nn.Module):
+    """Outputs a fixed tensor whatever it is asked: a stand-in UNet that knows one target exactly."""
+
+    def __init__(self, output: torch.Tensor):
+        super().__init__()
+        self.output = output
+
+    def forward(self, sample, timestep, **conditioning):
+        return SimpleNamespace(sample=self.output)
+
+
+@pytest.mark.parametrize("config, objective", [("mnist.yaml", "v"), ("mnist-flow.yaml", "velocity")])
+def test_training_loss_regresses_the_target_the_config_names(config, objective):
+    """`training_loss` (train.py's and the benchmarks' loss) is zero for a model that outputs the config's own
+    target (v of Salimans & Ho, or flow matching's noise - x_0) and positive for the other objectives'."""
+    cfg = load_config(REPO / "training" / "configs" / config)
+    shape = (8, 1, 28, 28)
+    draws = draw_batch(0, 0, shape, cfg.diffusion.num_train_timesteps)
+    x0 = torch.rand(shape, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    scheduler = LinearNoiseScheduler(**cfg.diffusion.scheduler_kwargs())
+    targets = {
+        "epsilon": draws.noise,
+        "v": scheduler.get_velocity(x0, draws.noise, draws.timesteps),
+        "velocity": draws.noise - x0,
+    }
+    options = {"diffusion": cfg.diffusion, "training": cfg.training}
+    losses = {
+        name: training_loss(Oracle(t), scheduler, x0, draws, **options).item() for name, t in targets.items()
+    }
+    assert losses.pop(objective) < 1e-10
+    assert min(losses.values()) > 0.01

@@ -53,8 +53,8 @@ def draw_batch(seed, micro_step, *args, **kwargs):
     return draw_batch.original(seed, micro_step, *args, **kwargs)
 
 
-def diffusion_loss(*args, **kwargs):
-    loss = diffusion_loss.original(*args, **kwargs)
+def training_loss(*args, **kwargs):
+    loss = training_loss.original(*args, **kwargs)
     if where == "step" and current["micro_step"] + 1 == int(at):
         kill()
     return loss
@@ -119,7 +119,7 @@ if KILL or NO_ROOM_RANK is not None:
     patch(accelerate.checkpointing, "save", checkpoint_save)
 if KILL:
     patch(train, "draw_batch", draw_batch)
-    patch(train, "diffusion_loss", diffusion_loss)
+    patch(train, "training_loss", training_loss)
     patch(train, "save_grid", save_grid)
     patch(train, "export_pipeline", export_pipeline)
 if RECORD:

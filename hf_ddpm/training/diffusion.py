@@ -26,7 +26,7 @@ from ..hub import HubPushError, create_repo, push_to_hub
 from ..latents import encode_dataset, load_autoencoder
 from ..model_card import RunInfo, describe_hardware, save_run_info, write_model_card
 from ..models import build_unet
-from ..objectives import diffusion_loss, draw_batch, flow_matching_loss, flow_times
+from ..objectives import draw_batch, training_loss
 from ..pipeline import (
     export_pipeline,
     generate,
@@ -158,29 +158,15 @@ class DiffusionTrainer(TrainLoop):
         id2label = self.components["id2label"]
         if id2label:  # labels were checked when loaded (in memory) or by `check_batch` (streamed)
             class_labels = torch.where(draws.drop, len(id2label), labels)  # the null class
-        num_train_timesteps = self.scheduler.config.num_train_timesteps
-        if cfg.diffusion.flow_matching:
-            d = cfg.diffusion
-            times = flow_times(draws.uniform, d.time_sampling, d.logit_mean, d.logit_std)
-            loss = flow_matching_loss(
-                model,
-                x0,
-                noise=draws.noise,
-                t=times,
-                num_train_timesteps=num_train_timesteps,
-                class_labels=class_labels,
-            )
-        else:
-            loss = diffusion_loss(
-                model,
-                self.scheduler,
-                x0,
-                snr_gamma=training.snr_gamma,
-                class_labels=class_labels,
-                noise=draws.noise,
-                timesteps=draws.timesteps,
-                weighting_scheme=training.weighting_scheme,
-            )
+        loss = training_loss(
+            model,
+            self.scheduler,
+            x0,
+            draws,
+            diffusion=cfg.diffusion,
+            training=training,
+            class_labels=class_labels,
+        )
         return loss, {}
 
     def after_step(self) -> None:
