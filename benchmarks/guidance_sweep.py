@@ -31,7 +31,7 @@ def main() -> None:
     parser = ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", required=True, help="exported class-conditional pipeline folder")
     parser.add_argument("--dataset", help="default: from MODEL/config.yaml")
-    parser.add_argument("--scales", type=non_negative, nargs="+", default=[0, 1, 2, 3, 5, 7])
+    parser.add_argument("--scales", type=non_negative, nargs="+", default=[0, 1, 1.25, 1.5, 2, 3, 5])
     parser.add_argument("--sampler", default="dpm-solver", choices=["ddpm", "ddim", "dpm-solver"])
     parser.add_argument("--steps", type=at_least(1), default=20)
     parser.add_argument("--num-images", type=at_least(MIN_FID_IMAGES), default=1000)
