@@ -56,12 +56,16 @@ FLOW_DPM_SOLVER = ", ".join(
 class RunInfo:
     """What the card needs to know about a finished run that the config does not say."""
 
-    wall_time_s: float  # from the start of training/train.py to the end of the export
+    wall_time_s: float  # from the start of training/train.py to the end of the export, in this process
     hardware: str  # `describe_hardware(accelerator.device)`
     num_processes: int
     steps: int  # optimizer steps done
     num_images: int | None  # training images used (None: streamed, unknown)
     data_source: str  # local folder or Hub id the rows came from (not printed: it may be a private path)
+    # The optimizer steps' time summed over every run that led here (the checkpointed clock), and the step
+    # this process resumed from (0: one uninterrupted run, whose wall time then covers all of training).
+    train_time_s: float | None = None
+    resumed_at: int = 0
 
 
 def describe_hardware(device: Any) -> str:
@@ -400,7 +404,16 @@ def _training_rows(
             "fp32" if training.mixed_precision == "no" else f"{training.mixed_precision} mixed precision",
         ),
         ("Hardware", f"{run.hardware}; {run.num_processes} process{'es' if run.num_processes > 1 else ''}"),
-        ("Wall time", _duration(run.wall_time_s)),
+        *(
+            [("Training time", f"{_duration(run.train_time_s)} of optimizer steps")]
+            if run.train_time_s
+            else []
+        ),
+        (
+            "Wall time",
+            _duration(run.wall_time_s)
+            + (f" (the last run, resumed at step {run.resumed_at:,})" if run.resumed_at else ""),
+        ),
         ("Seed", str(training.seed)),
         ("Software", _versions()),
     ]

@@ -187,6 +187,14 @@ def test_resume_continues_exactly(tmp_path, mnist_dir, objective):
         assert all(torch.equal(wa[k], wb[k]) for k in wa), name
     ema_config = json.loads((b / "checkpoint-12/unet_ema/config.json").read_text())
     assert ema_config["optimization_step"] == 12
+    # The card's training time sums both runs' optimizer steps; its wall time is the last run's, and says so.
+    run_info = json.loads((b / "run_info.json").read_text())
+    clock = {
+        s: load_file(b / f"checkpoint-{s}/train_clock.safetensors")["train_seconds"].item() for s in (10, 12)
+    }
+    assert run_info["resumed_at"] == 10 and run_info["train_time_s"] == clock[12] > clock[10] > 0
+    assert "(the last run, resumed at step 10)" in (b / "README.md").read_text()
+    assert json.loads((a / "run_info.json").read_text())["resumed_at"] == 0
 
 
 def test_lr_schedule_counts_optimizer_steps(tmp_path, mnist_dir):

@@ -275,6 +275,8 @@ class DiffusionTrainer(TrainLoop):
             steps=self.global_step,
             num_images=self.info.num_rows,
             data_source=self.info.source,
+            train_time_s=self.clock["train_seconds"],
+            resumed_at=self.resumed_at,
         )
         save_run_info(self.output_dir, run)
         card = write_model_card(self.output_dir, self.cfg, run, self.repo_id)

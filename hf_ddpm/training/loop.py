@@ -162,6 +162,7 @@ class TrainLoop:
         self.cfg = cfg
         self.output_dir = Path(cfg.training.output_dir)
         self.global_step = 0
+        self.resumed_at = 0  # the step of the checkpoint this process resumed from
         self.ema: EMAModel | None = None
         self.clock = {"train_seconds": 0.0}  # optimizer steps only (time-to-quality's x axis); checkpointed
         self.nonfinite = {"total": 0, "in_a_row": 0}  # optimizer steps skipped for a NaN or inf loss
@@ -365,7 +366,7 @@ class TrainLoop:
             load_checkpoint(self.accelerator, path, self.unwrapped_model.state_dict())
         except ValueError as err:
             raise TrainingError(str(err)) from err
-        self.global_step = checkpoint_step(path)
+        self.global_step = self.resumed_at = checkpoint_step(path)
         logger.info(f"resumed from {path} at step {self.global_step}")
         self.after_resume()
 
