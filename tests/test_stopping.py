@@ -22,6 +22,7 @@ from safetensors.torch import load_file
 
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.training.checkpoints import list_checkpoints
+from hf_ddpm.training.progress import TrainingClock
 from hf_ddpm.training.stopping import REQUEUE_EXIT_CODE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -253,3 +254,26 @@ def test_a_write_that_fails_on_one_process_stops_both_with_one_line(tmp_path, mn
     assert errors[0].startswith("error: could not write checkpoint-4 (process 1: ")
     assert "there is no complete one yet" in errors[0]
     assert not (out / "checkpoint-4").exists() and not (out / "checkpoint-4.partial").exists()
+
+
+def test_the_step_a_stopped_process_was_continued_in_counts_as_the_mean_step():
+    """SIGCONT (what continues a process stopped by SIGSTOP, Ctrl-Z or a scheduler's suspend) during a step:
+    that step's wall time holds the pause, so the training clock counts the mean of the steps before it."""
+    clock = TrainingClock()
+    with clock.counting():
+        for _ in range(2):
+            clock.start()
+            time.sleep(0.02)
+            clock.stop()
+        two = clock.seconds
+        assert two >= 0.04  # uninterrupted steps count their wall time
+        clock.start()
+        os.kill(os.getpid(), signal.SIGCONT)
+        time.sleep(0.5)
+        clock.stop()
+        assert clock.seconds == pytest.approx(1.5 * two)  # the two steps and their mean
+        clock.start()
+        time.sleep(0.02)
+        clock.stop()
+        assert clock.seconds - 1.5 * two >= 0.02  # the next step is timed again
+    assert signal.getsignal(signal.SIGCONT) == signal.SIG_DFL

@@ -140,7 +140,7 @@ class DiffusionTrainer(TrainLoop):
             training.seed,
             micro_step,
             (len(images), channels, size, size),
-            self.scheduler.config.num_train_timesteps,
+            cfg.diffusion.num_train_timesteps,
             drop_prob=training.cond_drop_prob,
             num_processes=self.accelerator.num_processes,
             process_index=self.accelerator.process_index,
@@ -218,7 +218,7 @@ class DiffusionTrainer(TrainLoop):
                         best / "eval.json", json.dumps({"step": step, **metrics}, indent=2) + "\n"
                     )
         self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
-        record = {"step": step, "train_minutes": self.clock["train_seconds"] / 60, **metrics}
+        record = {"step": step, "train_minutes": self.clock.seconds / 60, **metrics}
         with open(self.output_dir / EVAL_LOG, "a") as f:
             f.write(json.dumps(record) + "\n")
         logger.info(
@@ -275,7 +275,7 @@ class DiffusionTrainer(TrainLoop):
             steps=self.global_step,
             num_images=self.info.num_rows,
             data_source=self.info.source,
-            train_time_s=self.clock["train_seconds"],
+            train_time_s=self.clock.seconds,
             resumed_at=self.resumed_at,
         )
         save_run_info(self.output_dir, run)

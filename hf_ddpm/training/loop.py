@@ -63,7 +63,7 @@ from .checkpoints import (
     resolve_checkpoint,
     save_checkpoint,
 )
-from .progress import Progress
+from .progress import Progress, TrainingClock
 from .stopping import REQUEUE_EXIT_CODE, StopSignals, TrainingStopped
 
 logger = get_logger(__name__, log_level="INFO")
@@ -164,7 +164,7 @@ class TrainLoop:
         self.global_step = 0
         self.resumed_at = 0  # the step of the checkpoint this process resumed from
         self.ema: EMAModel | None = None
-        self.clock = {"train_seconds": 0.0}  # optimizer steps only (time-to-quality's x axis); checkpointed
+        self.clock = TrainingClock()
         self.nonfinite = {"total": 0, "in_a_row": 0}  # optimizer steps skipped for a NaN or inf loss
 
     # ------------------------------------------------------------------------------------------------
@@ -230,7 +230,8 @@ class TrainLoop:
         with self.signals.catch():
             self._set_up()
             self.signals.graceful = True
-            self._loop()
+            with self.clock.counting():
+                self._loop()
             self.signals.graceful = False
             self.save_checkpoint()
             if self.ema is not None:  # training is over: the EMA weights are the model from here on
@@ -391,7 +392,7 @@ class TrainLoop:
         problem = None  # what a streamed batch had wrong, for every process to stop on together
         streaming = self.cfg.dataset.streaming
         model.train()
-        step_start = time.perf_counter()
+        self.clock.start()
         while not self.finished:
             # The seedable sampler reshuffles per epoch; a streaming dataset reshuffles its buffer per epoch.
             for loader in (self.dataloader, self.dataset):
@@ -444,7 +445,7 @@ class TrainLoop:
                     self._check_nonfinite(numbers[:, 0].tolist())
                 elif self.ema is not None:
                     self.ema.step(self.ema_model(self.unwrapped_model).parameters())
-                self.clock["train_seconds"] += time.perf_counter() - step_start
+                self.clock.stop()
                 self._log(numbers[:, :-2].mean(0).tolist(), list(extras))
 
                 stopping = bool(numbers[:, -2].max() > 0)
@@ -459,7 +460,7 @@ class TrainLoop:
                 self.after_step()
                 if self.finished:
                     break
-                step_start = time.perf_counter()
+                self.clock.start()
             epoch += 1
         self.progress.close()
 
@@ -487,7 +488,7 @@ class TrainLoop:
         logs.update(zip(extra_names, extras, strict=True))
         if self.ema is not None:
             logs["ema_decay"] = self.ema.cur_decay_value
-        self.progress.update(loss, logs["lr"], self.clock["train_seconds"])
+        self.progress.update(loss, logs["lr"], self.clock.seconds)
         self.accelerator.log(logs, step=self.global_step)
 
     def _check_nonfinite(self, losses: list[float]) -> None:
@@ -537,12 +538,12 @@ class TrainLoop:
 
         def save_hook(models, weights, output_dir):
             if accelerator.is_main_process:
-                seconds = torch.tensor(clock["train_seconds"], dtype=torch.float64)
+                seconds = torch.tensor(clock.seconds, dtype=torch.float64)
                 save_file({"train_seconds": seconds}, os.path.join(output_dir, "train_clock.safetensors"))
 
         def load_hook(models, input_dir):
             state = load_file(os.path.join(input_dir, "train_clock.safetensors"))
-            clock["train_seconds"] = state["train_seconds"].item()
+            clock.seconds = state["train_seconds"].item()
 
         accelerator.register_save_state_pre_hook(save_hook)
         accelerator.register_load_state_pre_hook(load_hook)

@@ -5,12 +5,64 @@ not sample grids and evaluations."""
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import signal
 import sys
+import threading
+import time
+from collections.abc import Iterator
 
 from tqdm.auto import tqdm
 
 logger = logging.getLogger(__name__)
+
+
+class TrainingClock:
+    """The training clock: the seconds of optimizer steps, summed over every run that led to a checkpoint
+    (`seconds` is what a checkpoint stores). The time-to-quality figures and the model card's training time
+    read it.
+
+    A stopped process (SIGSTOP, Ctrl-Z, a scheduler's suspend) is continued with SIGCONT; the step it was
+    stopped in holds the pause in its wall time, so that step counts as the mean of the steps this process
+    timed before it instead. Time shared with other jobs is still counted: it cannot be told apart.
+    """
+
+    def __init__(self):
+        self.seconds = 0.0
+        self._timed = (0, 0.0)  # this process's uninterrupted steps: their number and total seconds
+        self._start = 0.0
+        self._continued = False
+
+    @contextlib.contextmanager
+    def counting(self) -> Iterator[TrainingClock]:
+        """Listens for SIGCONT while the loop runs (signal handlers can only be set in the main thread)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield self
+            return
+        previous = signal.signal(signal.SIGCONT, self._on_continue)
+        try:
+            yield self
+        finally:
+            signal.signal(signal.SIGCONT, previous)
+
+    def _on_continue(self, signum: int, frame) -> None:
+        self._continued = True
+
+    def start(self) -> None:
+        """Before a step's first batch is drawn."""
+        self._start = time.perf_counter()
+        self._continued = False
+
+    def stop(self) -> None:
+        """After the step's update."""
+        seconds = time.perf_counter() - self._start
+        steps, total = self._timed
+        if self._continued:
+            seconds = total / steps if steps else 0.0
+        else:
+            self._timed = (steps + 1, total + seconds)
+        self.seconds += seconds
 
 
 class Progress:
