@@ -1,7 +1,7 @@
 """What a training run prints per step: a tqdm bar on a terminal, and elsewhere (nohup, a cluster's log file)
 one plain line every `training.logging_steps` steps, with the loss, the learning rate, images per second and
-the training time left, and nothing else per step. Rates count optimizer steps only (the training clock),
-not sample grids and evaluations."""
+the training time left, and nothing else per step. Rates count optimizer steps only (`TrainingClock`, the
+training clock), not sample grids and evaluations."""
 
 from __future__ import annotations
 
