@@ -65,6 +65,7 @@ CASES = [
     ([*PY, BENCH / "learned_variance.py", "compare", "--repeats", "0"], f"--repeats: {TOO_SMALL}"),
     ([*PY, BENCH / "flow_vs_ddpm.py", "compare", "--runs", "ddpm=outputs/x"], "is not MODEL=FOLDER"),
     ([*PY, BENCH / "flow_vs_ddpm.py", "compare", "--runs", "flow=/nix"], "no finished training run in /nix"),
+    ([*PY, BENCH / "metric_scale.py", "--num-images", "1"], "--num-images: 1 is too small"),
 ]  # fmt: skip
 
 
