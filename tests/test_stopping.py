@@ -277,3 +277,25 @@ def test_the_step_a_stopped_process_was_continued_in_counts_as_the_mean_step():
         clock.stop()
         assert clock.seconds - 1.5 * two >= 0.02  # the next step is timed again
     assert signal.getsignal(signal.SIGCONT) == signal.SIG_DFL
+
+
+FREES_ITS_TRAINER = """
+import gc, sys, weakref
+from hf_ddpm.training import DiffusionTrainer, run_cli
+made = []
+class Recorded(DiffusionTrainer):
+    def __init__(self, cfg):
+        super().__init__(cfg)
+        made.append(weakref.ref(self))
+gc.disable()  # only run_cli's own collection may free the trainer
+run_cli(Recorded, sys.argv[1:])
+print("freed" if made[0]() is None else "alive")
+"""
+
+
+def test_the_command_line_frees_the_finished_trainer_before_the_interpreter_shuts_down(tmp_path, mnist_dir):
+    """The trainer is held only by reference cycles once it is done, and with several processes its DDP model
+    holds the process group, whose destruction during the interpreter's shutdown can abort a run that
+    succeeded; `run_cli` collects it before it returns."""
+    result = run([sys.executable, "-c", FREES_ITS_TRAINER, *args(tmp_path / "run", mnist_dir)], **ONE_THREAD)
+    assert result.stdout.splitlines()[-1] == "freed"

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import gc
 import itertools
 import logging
 import math
@@ -584,25 +585,28 @@ def run_cli(
         format="%(asctime)s %(levelname)s %(message)s", datefmt="%H:%M:%S", level=logging.INFO
     )
     main = int(os.environ.get("RANK", "0")) == 0
+    say, line, status = False, "", 0
     try:
         trainer_class(cfg).train()
     except TrainingStopped as stop:
-        _exit(main, str(stop), REQUEUE_EXIT_CODE)
+        say, line, status = main, str(stop), REQUEUE_EXIT_CODE
     except FailedElsewhere:
-        _exit(False, "", 1)
+        status = 1
     except (TrainingError, CheckpointWriteError) as err:  # raised on every process alike: one says it
-        _exit(main, f"error: {err}", 1)
+        say, line, status = main, f"error: {err}", 1
     except OSError as err:
         if err.errno not in (errno.ENOSPC, errno.EDQUOT):
             raise
-        message = (
+        say, status = True, 1
+        line = (
             f"error: no space left on the device writing {err.filename}: free space or choose another "
             "training.output_dir, then resume with --training.resume_from_checkpoint latest"
         )
-        _exit(True, message, 1)
-
-
-def _exit(say: bool, line: str, status: int) -> None:
+    # The trainer is now garbage held only by reference cycles, and its DDP model holds the process group.
+    # Left to the interpreter's shutdown, destroying a gloo group there can abort the process (SIGABRT) after
+    # a run that succeeded; collected here, it goes while everything it needs is still alive.
+    gc.collect()
     if say:
         print(line, file=sys.stderr, flush=True)
-    sys.exit(status)
+    if status:
+        sys.exit(status)
