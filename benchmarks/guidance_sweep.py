@@ -23,6 +23,7 @@ import torch
 from hf_ddpm.arguments import ArgumentParser, at_least, non_negative
 from hf_ddpm.classifier import predict
 from hf_ddpm.evaluate import load_reference, model_dataset, sample_for_scoring, score
+from hf_ddpm.files import write_atomically
 from hf_ddpm.metrics import MIN_FID_IMAGES, within_class_spread
 from hf_ddpm.pipeline import load_pipeline
 
@@ -67,10 +68,8 @@ def main() -> None:
         )
         print(_row(rows[-1]), flush=True)
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"model": args.model, "sampler": args.sampler, "steps": args.steps, "rows": rows}, f, indent=2
-            )
+        report = {"model": args.model, "sampler": args.sampler, "steps": args.steps, "rows": rows}
+        write_atomically(args.json, json.dumps(report, indent=2) + "\n")
     if args.picture:
         _picture(pipeline, args.scales, args.steps, args.seed, args.picture)
         print(f"wrote {args.picture}")

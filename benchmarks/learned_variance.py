@@ -35,6 +35,7 @@ from latent_vs_pixel import median_step_seconds
 from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import load_config
 from hf_ddpm.evaluate import data_floor, load_reference, score, to_nchw
+from hf_ddpm.files import write_atomically
 from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss, draw_batch
@@ -138,7 +139,8 @@ def compare(out_root: Path, num_images: int, seed: int, picture: Path | None, re
             }
         )
     )
-    (out_root / "compare.json").write_text(
+    write_atomically(
+        out_root / "compare.json",
         json.dumps({"num_images": num_images, "seed": seed, "threads": threads, "train_step_seconds": steps,
                     "rows": [done[k] for k in sorted(done)], "floor": floor}, indent=2) + "\n"
     )  # fmt: skip

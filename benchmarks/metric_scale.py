@@ -20,43 +20,41 @@ import torch.nn.functional as F
 from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.data import load_labeled_split
 from hf_ddpm.evaluate import load_reference, random_subset, score
+from hf_ddpm.files import write_atomically
 from hf_ddpm.metrics import MIN_FID_IMAGES
 
 BINOMIAL = torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 1.0])) / 16
 
 
-def blur(x: torch.Tensor, strength: float, noise: torch.Generator) -> torch.Tensor:
+def blur(x: torch.Tensor, strength: float) -> torch.Tensor:
     blurred = F.conv2d(F.pad(x, (1, 1, 1, 1), mode="reflect"), BINOMIAL.expand(x.shape[1], 1, 3, 3),
                        groups=x.shape[1])  # fmt: skip
     return torch.lerp(x, blurred, strength)
 
 
-def contrast(x: torch.Tensor, factor: float, noise: torch.Generator) -> torch.Tensor:
+def contrast(x: torch.Tensor, factor: float) -> torch.Tensor:
     mean = x.mean(dim=(2, 3), keepdim=True)
     return mean + factor * (x - mean)
-
-
-def brightness(x: torch.Tensor, shift: float, noise: torch.Generator) -> torch.Tensor:
-    return x + shift
 
 
 def pixel_noise(x: torch.Tensor, std: float, noise: torch.Generator) -> torch.Tensor:
     return x + std * torch.randn(x.shape, generator=noise)
 
 
-# (label, degradation, amount): the floor first, then each kind from mild to strong
-ROWS: list[tuple[str, Callable | None, float]] = [
-    ("real train images (the floor)", None, 0.0),
-    ("blur, strength 0.25", blur, 0.25),
-    ("blur, strength 0.5", blur, 0.5),
-    ("blur, strength 1", blur, 1.0),
-    ("contrast x0.9", contrast, 0.9),
-    ("contrast x0.8", contrast, 0.8),
-    ("contrast x1.2", contrast, 1.2),
-    ("brightness +15", brightness, 15.0),
-    ("noise, std 4", pixel_noise, 4.0),
-    ("noise, std 8", pixel_noise, 8.0),
-    ("noise, std 16", pixel_noise, 16.0),
+# (label, degradation of a batch given the pixel-noise generator): the floor first, then each kind from mild
+# to strong
+ROWS: list[tuple[str, Callable[[torch.Tensor, torch.Generator], torch.Tensor] | None]] = [
+    ("real train images (the floor)", None),
+    ("blur, strength 0.25", lambda x, noise: blur(x, 0.25)),
+    ("blur, strength 0.5", lambda x, noise: blur(x, 0.5)),
+    ("blur, strength 1", lambda x, noise: blur(x, 1.0)),
+    ("contrast x0.9", lambda x, noise: contrast(x, 0.9)),
+    ("contrast x0.8", lambda x, noise: contrast(x, 0.8)),
+    ("contrast x1.2", lambda x, noise: contrast(x, 1.2)),
+    ("brightness +15", lambda x, noise: x + 15.0),
+    ("noise, std 4", lambda x, noise: pixel_noise(x, 4.0, noise)),
+    ("noise, std 8", lambda x, noise: pixel_noise(x, 8.0, noise)),
+    ("noise, std 16", lambda x, noise: pixel_noise(x, 16.0, noise)),
 ]
 
 
@@ -78,8 +76,8 @@ def main() -> None:
         print("| images | classifier-FID | x floor | legibility | class entropy |")
         print("|---|---|---|---|---|")
         rows = []
-        for label, degrade, amount in ROWS:
-            degraded = images if degrade is None else degrade(images, amount, noise)
+        for label, degrade in ROWS:
+            degraded = images if degrade is None else degrade(images, noise)
             metrics = score(degraded.round().clamp(0, 255).to(torch.uint8), ref)
             rows.append({"images": label, **metrics})
             ratio = metrics["classifier_fid"] / rows[0]["classifier_fid"]
@@ -87,8 +85,8 @@ def main() -> None:
                   f"{metrics['legibility']:.3f} | {metrics['class_entropy']:.3f} |", flush=True)  # fmt: skip
         results[dataset] = rows
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump({"num_images": args.num_images, "seed": args.seed, "datasets": results}, f, indent=2)
+        report = {"num_images": args.num_images, "seed": args.seed, "datasets": results}
+        write_atomically(args.json, json.dumps(report, indent=2) + "\n")
 
 
 if __name__ == "__main__":

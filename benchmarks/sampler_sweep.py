@@ -17,6 +17,7 @@ import torch
 
 from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.evaluate import data_floor, load_reference, model_dataset, score, to_nchw
+from hf_ddpm.files import write_atomically
 from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.pipeline import generate, load_pipeline
 from hf_ddpm.samplers import SAMPLERS
@@ -73,12 +74,8 @@ def main() -> None:
     floor = data_floor(ref, args.num_images)
     print(_row({"sampler": "data (train vs test)", "steps": "-", **floor, "s_per_image": float("nan")}))
     if args.json:
-        with open(args.json, "w") as f:
-            json.dump(
-                {"model": args.model, "num_images": args.num_images, "rows": rows, "floor": floor},
-                f,
-                indent=2,
-            )
+        report = {"model": args.model, "num_images": args.num_images, "rows": rows, "floor": floor}
+        write_atomically(args.json, json.dumps(report, indent=2) + "\n")
 
 
 def _row(r: dict) -> str:

@@ -58,6 +58,7 @@ from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import Config, load_config
 from hf_ddpm.data import DATA_DIR_ENV, load_image_dataset, to_model_range
 from hf_ddpm.evaluate import default_device
+from hf_ddpm.files import write_atomically
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.model_card import cpu_model
 from hf_ddpm.models import build_unet
@@ -572,7 +573,7 @@ def main(argv: list[str] | None = None) -> None:
     print_report(results, args)
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(results, indent=2) + "\n")
+        write_atomically(args.json, json.dumps(results, indent=2) + "\n")
         log(f"wrote {args.json}")
 
 

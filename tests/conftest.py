@@ -34,8 +34,19 @@ def pytest_configure(config):
     config.addinivalue_line("markers", f"{GPU}: needs a CUDA GPU (skipped without one)")
 
 
+# The slowest test files, slowest first (--durations on 2 cores). pytest-xdist's `--dist loadfile` hands
+# files to the workers in collection order, and alphabetically these come last: one worker then ran them
+# alone for minutes at the end.
+SLOWEST_FILES = ("test_stopping.py", "test_reliability.py", "test_reference_checkpoints.py",
+                 "test_training.py", "test_class_conditional.py", "test_devices.py", "test_metrics.py",
+                 "test_flow_matching.py", "test_hub.py", "test_latent_diffusion.py")  # fmt: skip
+
+
 def pytest_collection_modifyitems(config, items):
     import torch
+
+    rank = {name: i for i, name in enumerate(SLOWEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each file's order is kept
 
     no_gpu = pytest.mark.skip(reason="needs a CUDA GPU")
     for item in items:

@@ -14,9 +14,11 @@ from pathlib import Path
 import datasets
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 from safetensors import safe_open
 
+from hf_ddpm.config import load_config
 from hf_ddpm.launch import accelerate_launch
 
 REPO = Path(__file__).resolve().parents[1]
@@ -69,12 +71,19 @@ def test_a_compiled_model_checkpoints_resumes_and_exports_its_own_weight_names(t
     compile_and_resume(tmp_path / "run", mnist_dir, "eager")  # dynamo's wrapper without inductor's compile
 
 
+# What `auto` must become here: bf16 only where oneDNN has bf16 kernels for this CPU (AVX-512 or AMX).
+AUTO = "bf16" if torch.ops.mkldnn._is_mkldnn_bf16_supported() else "no"
+
+
 @pytest.mark.parametrize(
     "config, launcher, effective, log",
     [
         ("bf16", "fp16", "bf16", "mixed precision bf16 (training.mixed_precision); it overrides the "
                                  "launcher's --mixed_precision fp16 (set it null to use that)"),
         ("null", "bf16", "bf16", "mixed precision bf16 (from accelerate: launcher or accelerate config)"),
+        ("auto", "fp16", AUTO, f"mixed precision {AUTO} (training.mixed_precision auto: this CPU "
+                               f"{'computes' if AUTO == 'bf16' else 'does not compute'} bf16 natively); it "
+                               "overrides the launcher's --mixed_precision fp16"),
     ],
 )  # fmt: skip
 def test_the_config_precision_wins_over_the_launcher_and_the_run_says_which(
@@ -85,8 +94,8 @@ def test_the_config_precision_wins_over_the_launcher_and_the_run_says_which(
                                    "--training.max_train_steps", "1", "--training.mixed_precision", config,
                                    mixed_precision=launcher))  # fmt: skip
     assert log in result.stderr
-    saved = (out / "config.yaml").read_text()
-    assert f"mixed_precision: {effective}\n" in saved  # what a resume from config.yaml uses
+    saved = load_config(out / "config.yaml").training.mixed_precision
+    assert saved == effective  # what a resume from config.yaml uses: never `auto`
 
 
 # One process, a real torch.amp.GradScaler on the CPU in accelerate's place (accelerate gives fp16 no scaler

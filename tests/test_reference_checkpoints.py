@@ -141,12 +141,10 @@ def test_reference_latent_pipeline_decodes_varied_images(tmp_path, name, dataset
     assert legibility(probs) >= legible and class_entropy(probs) > entropy
 
 
-def test_the_published_classifier_fid_is_reproduced_and_an_untrained_unet_misses_it(shared_data, monkeypatch):
+def test_the_published_classifier_fid_is_reproduced_and_a_coarser_sampler_misses_it(shared_data, monkeypatch):
     """checkpoints/ddpm-mnist sampled and scored again with its eval.json's protocol (1,000 samples,
-    DPM-Solver++ 20 steps, seed 0, against the whole MNIST test split) gives the published numbers; an
-    untrained UNet of the same configuration, scored the same way, lands far outside the same bar."""
-    from diffusers import UNet2DModel
-
+    DPM-Solver++ 20 steps, seed 0, against the whole MNIST test split) gives the published numbers; the same
+    weights sampled in 5 steps, a near miss rather than a broken model, land outside the same bar."""
     from hf_ddpm.evaluate import evaluate_unet, load_reference
 
     folder = CHECKPOINTS / "ddpm-mnist"
@@ -156,10 +154,10 @@ def test_the_published_classifier_fid_is_reproduced_and_an_untrained_unet_misses
     reference = load_reference("mnist")
     assert len(reference.test_images) == 10_000 and protocol["reference"] == "test split, 10000 images"
     pipeline = DDPMPipeline.from_pretrained(folder, use_safetensors=True)
-    sampling = {key: protocol[key] for key in ("sampler", "steps", "num_images", "seed")}
+    unet, sampling = pipeline.unet.eval(), {key: protocol[key] for key in ("sampler", "num_images", "seed")}
 
-    def fid(unet) -> dict:
-        return evaluate_unet(unet.eval(), pipeline.scheduler.config, reference, **sampling)
+    def fid(steps: int) -> dict:
+        return evaluate_unet(unet, pipeline.scheduler.config, reference, steps=steps, **sampling)
 
     def near(metrics: dict) -> bool:
         return (
@@ -167,6 +165,5 @@ def test_the_published_classifier_fid_is_reproduced_and_an_untrained_unet_misses
             and abs(metrics["legibility"] - published["legibility"]) <= 0.01
         )
 
-    assert near(fid(pipeline.unet)), published
-    torch.manual_seed(0)
-    assert not near(fid(UNet2DModel.from_config(pipeline.unet.config)))
+    assert near(fid(protocol["steps"])), published
+    assert protocol["steps"] > 5 and not near(fid(5))
