@@ -18,7 +18,6 @@ device's bf16 matmul rate.
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import platform
@@ -36,7 +35,7 @@ import torch
 from hf_ddpm.arguments import ArgumentParser, at_least, positive
 from hf_ddpm.data import DATA_DIR_ENV, SAMPLE_DATA, load_image_dataset
 from hf_ddpm.evaluate import default_device
-from hf_ddpm.files import write_atomically
+from hf_ddpm.files import write_json
 from hf_ddpm.launch import accelerate_launch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -237,7 +236,7 @@ def main(argv: list[str] | None = None) -> None:
 
     def save() -> None:
         report["elapsed_s"] = time.perf_counter() - start
-        write_atomically(args.out / "device_check.json", json.dumps(report, indent=2) + "\n")
+        write_json(args.out / "device_check.json", report)
 
     log("gpu tests")
     report["gpu_tests"] = gpu_tests(args.out)

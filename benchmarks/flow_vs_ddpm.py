@@ -31,7 +31,7 @@ from safetensors.torch import load_file
 from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import load_config
 from hf_ddpm.evaluate import data_floor, load_reference, score, to_nchw
-from hf_ddpm.files import write_atomically
+from hf_ddpm.files import write_json
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.pipeline import generate, load_pipeline
@@ -126,12 +126,10 @@ def compare(
     floor = data_floor(ref, num_images)
     print(_row({"model": f"data ({num_images} train vs test)", "sampler": "-", "steps": "-", **floor,
                 "s_per_image": float("nan")}))  # fmt: skip
-    out_root.mkdir(parents=True, exist_ok=True)
-    write_atomically(
+    write_json(
         out_root / "compare.json",
-        json.dumps({"num_images": num_images, "seed": seed, "threads": threads, "train_step_seconds": steps,
-                    "runs": {name: str(run) for name, run in runs.items()}, "rows": rows, "floor": floor},
-                   indent=2) + "\n"
+        {"num_images": num_images, "seed": seed, "threads": threads, "train_step_seconds": steps,
+         "runs": {name: str(run) for name, run in runs.items()}, "rows": rows, "floor": floor},
     )  # fmt: skip
     if picture:
         step_grid_picture(cells, picture, [m for m in PICTURE_SAMPLER if m in runs], PICTURE_STEPS)

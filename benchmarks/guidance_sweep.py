@@ -14,7 +14,6 @@ The picture has one row per class and one column per scale; each row starts from
 
 from __future__ import annotations
 
-import json
 import time
 
 import numpy as np
@@ -23,7 +22,7 @@ import torch
 from hf_ddpm.arguments import ArgumentParser, at_least, non_negative
 from hf_ddpm.classifier import predict
 from hf_ddpm.evaluate import load_reference, model_dataset, sample_for_scoring, score
-from hf_ddpm.files import write_atomically
+from hf_ddpm.files import write_json
 from hf_ddpm.metrics import MIN_FID_IMAGES, within_class_spread
 from hf_ddpm.pipeline import load_pipeline
 
@@ -69,7 +68,7 @@ def main() -> None:
         print(_row(rows[-1]), flush=True)
     if args.json:
         report = {"model": args.model, "sampler": args.sampler, "steps": args.steps, "rows": rows}
-        write_atomically(args.json, json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
     if args.picture:
         _picture(pipeline, args.scales, args.steps, args.seed, args.picture)
         print(f"wrote {args.picture}")

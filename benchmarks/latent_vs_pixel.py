@@ -6,10 +6,12 @@
 
 Everything timed is measured in the same run on this machine, each model after warm-up:
 - training step: the UNet's forward, backward and AdamW step on one batch, with the recipe of each config
-  (`--pixel-config`, `--latent-config`: its UNet, batch, target and Min-SNR weighting, bf16 autocast); the
-  latent model trains on latents encoded once before training, so a step costs no encoding. `--steps N`
-  prints how many latent steps take as long as N pixel steps: the equal training wall time budget. The
-  autoencoder's own step (`--autoencoder-config`'s model and batch, bf16) is timed too: training it is a
+  (`--pixel-config`, `--latent-config`: its UNet, batch, target and Min-SNR weighting); the
+  latent model trains on latents encoded once before training, so a step costs no encoding. The precision
+  is what `mixed_precision: auto` picks on this CPU: bf16 autocast where it computes bf16 natively, else
+  fp32. `--steps N` prints how many latent steps take as long as N pixel steps: the equal training wall
+  time budget. The
+  autoencoder's own step (`--autoencoder-config`'s model and batch) is timed too: training it is a
   cost the latent model pays once, on top of that budget.
 - sampling: 64 images with DPM-Solver++ (20 steps), decoding included.
 - quality: classifier-FID, legibility and class entropy from each model's eval.json (same protocol).
@@ -31,16 +33,19 @@ from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import AutoencoderRunConfig, Config, load_config
 from hf_ddpm.latents import AutoencoderLoss, build_autoencoder
 from hf_ddpm.pipeline import generate, load_pipeline
+from hf_ddpm.training.loop import native_bf16
+
+BF16 = native_bf16(torch.device("cpu"))
 
 
 def median_step_seconds(model: torch.nn.Module, loss_fn, repeats: int) -> float:
-    """Median seconds of `loss_fn()`'s forward (bf16 autocast), backward and an AdamW step, after two
-    warm-up steps."""
+    """Median seconds of `loss_fn()`'s forward (bf16 autocast where native), backward and an AdamW step,
+    after two warm-up steps."""
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     times = []
     for i in range(repeats + 2):
         start = time.perf_counter()
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16):
             loss = loss_fn()
         loss.backward()
         optimizer.step()
@@ -103,7 +108,8 @@ def main() -> None:
 
     pixel, latent = load_config(args.pixel_config), load_config(args.latent_config)
     batch = pixel.training.train_batch_size
-    print(f"# {torch.get_num_threads()} threads, bf16 autocast; pixel: {args.pixel_config}, latent: "
+    precision = "bf16 autocast" if BF16 else "fp32"
+    print(f"# {torch.get_num_threads()} threads, {precision}; pixel: {args.pixel_config}, latent: "
           f"{args.latent_config}")  # fmt: skip
     size = pixel.dataset.image_size
     t_pixel = step_seconds(pixel, (pixel.dataset.channels, size, size), args.repeats)

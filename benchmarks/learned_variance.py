@@ -35,7 +35,7 @@ from latent_vs_pixel import median_step_seconds
 from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import load_config
 from hf_ddpm.evaluate import data_floor, load_reference, score, to_nchw
-from hf_ddpm.files import write_atomically
+from hf_ddpm.files import write_json
 from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.models import build_unet
 from hf_ddpm.objectives import diffusion_loss, draw_batch
@@ -139,10 +139,10 @@ def compare(out_root: Path, num_images: int, seed: int, picture: Path | None, re
             }
         )
     )
-    write_atomically(
+    write_json(
         out_root / "compare.json",
-        json.dumps({"num_images": num_images, "seed": seed, "threads": threads, "train_step_seconds": steps,
-                    "rows": [done[k] for k in sorted(done)], "floor": floor}, indent=2) + "\n"
+        {"num_images": num_images, "seed": seed, "threads": threads, "train_step_seconds": steps,
+         "rows": [done[k] for k in sorted(done)], "floor": floor},
     )  # fmt: skip
     if picture:
         step_grid_picture(cells, picture, list(MODELS), STEPS)

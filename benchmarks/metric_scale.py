@@ -11,7 +11,6 @@ images with this defect".
 
 from __future__ import annotations
 
-import json
 from collections.abc import Callable
 
 import torch
@@ -20,7 +19,7 @@ import torch.nn.functional as F
 from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.data import load_labeled_split
 from hf_ddpm.evaluate import load_reference, random_subset, score
-from hf_ddpm.files import write_atomically
+from hf_ddpm.files import write_json
 from hf_ddpm.metrics import MIN_FID_IMAGES
 
 BINOMIAL = torch.outer(torch.tensor([1.0, 2.0, 1.0]), torch.tensor([1.0, 2.0, 1.0])) / 16
@@ -86,7 +85,7 @@ def main() -> None:
         results[dataset] = rows
     if args.json:
         report = {"num_images": args.num_images, "seed": args.seed, "datasets": results}
-        write_atomically(args.json, json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
 
 
 if __name__ == "__main__":

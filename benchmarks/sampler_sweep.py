@@ -10,14 +10,13 @@ seconds per image, all in one run on one machine, next to the data-vs-data floor
 from __future__ import annotations
 
 import argparse
-import json
 import time
 
 import torch
 
 from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.evaluate import data_floor, load_reference, model_dataset, score, to_nchw
-from hf_ddpm.files import write_atomically
+from hf_ddpm.files import write_json
 from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.pipeline import generate, load_pipeline
 from hf_ddpm.samplers import SAMPLERS
@@ -75,7 +74,7 @@ def main() -> None:
     print(_row({"sampler": "data (train vs test)", "steps": "-", **floor, "s_per_image": float("nan")}))
     if args.json:
         report = {"model": args.model, "num_images": args.num_images, "rows": rows, "floor": floor}
-        write_atomically(args.json, json.dumps(report, indent=2) + "\n")
+        write_json(args.json, report)
 
 
 def _row(r: dict) -> str:

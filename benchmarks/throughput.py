@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import os
 import platform
 import re
@@ -58,7 +57,7 @@ from hf_ddpm.arguments import ArgumentParser, at_least
 from hf_ddpm.config import Config, load_config
 from hf_ddpm.data import DATA_DIR_ENV, load_image_dataset, to_model_range
 from hf_ddpm.evaluate import default_device
-from hf_ddpm.files import write_atomically
+from hf_ddpm.files import write_json
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.model_card import cpu_model
 from hf_ddpm.models import build_unet
@@ -572,8 +571,7 @@ def main(argv: list[str] | None = None) -> None:
     results["machine"]["load average at end"] = _load_average()
     print_report(results, args)
     if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        write_atomically(args.json, json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
         log(f"wrote {args.json}")
 
 

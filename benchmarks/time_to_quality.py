@@ -36,7 +36,7 @@ import yaml
 from safetensors.torch import load_file
 
 from hf_ddpm.arguments import ArgumentParser, at_least, positive
-from hf_ddpm.files import write_atomically
+from hf_ddpm.files import write_json
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.metrics import MIN_FID_IMAGES
 from hf_ddpm.training.checkpoints import checkpoint_step, list_checkpoints
@@ -161,7 +161,7 @@ def measure(arms: list[str], root: Path, threads: int, core: int | None) -> None
     }
     base_runs = previous.get("base_launches", []) + base_runs
     report = {"seconds_per_step": times, "ratio_to_base": ratios, "base_launches": base_runs}
-    write_atomically(path, json.dumps(report, indent=2) + "\n")
+    write_json(path, report)
 
 
 def step_times(root: Path) -> dict[str, float]:
@@ -265,7 +265,7 @@ def posthoc(root: Path, budget: float, eval_images: int) -> None:
             flush=True,
         )
         results[arm] = {"budget_steps": steps, **scored(up_to, *EMA_PROFILES["ema 0.999, power 3/4 (base)"])}
-    write_atomically(root / "posthoc.json", json.dumps(results, indent=2) + "\n")
+    write_json(root / "posthoc.json", results)
 
 
 def load_log(run_dir: Path) -> list[dict]:

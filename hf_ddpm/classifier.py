@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .arguments import ArgumentParser, at_least
+from .files import write_atomically, write_json
 
 # The MNIST classifier ships in the package. The textures classifier does not (the texture photographs have
 # no open licence): it lives in a source checkout's checkpoints/, or wherever a path or Hub id says.
@@ -81,9 +82,9 @@ class Classifier(nn.Module):
 
 def save_classifier(model: Classifier, out_dir: str | Path) -> Path:
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, out / "model.safetensors")
-    (out / "config.json").write_text(json.dumps(asdict(model.config), indent=2) + "\n")
+    state = {k: v.contiguous() for k, v in model.state_dict().items()}
+    write_atomically(out / "model.safetensors", lambda path: save_file(state, path))
+    write_json(out / "config.json", asdict(model.config))
     return out
 
 

@@ -23,7 +23,7 @@ import yaml
 from .arguments import ArgumentParser, at_least, non_negative
 from .classifier import Classifier, load_classifier
 from .data import load_labeled_split
-from .files import write_atomically
+from .files import write_json
 from .metrics import (
     MIN_FID_IMAGES,
     classifier_metrics,
@@ -80,10 +80,6 @@ def describe_protocol(ref: Reference, num_images: int, inception_images: int = 0
         "inception_images": inception_images,
         **sampling,
     }
-
-
-def write_report(path: Path, report: dict) -> None:
-    write_atomically(path, json.dumps(report, indent=2) + "\n")
 
 
 def to_nchw(images) -> torch.Tensor:
@@ -230,7 +226,7 @@ def main(argv: list[str] | None = None) -> None:
         )
         out = Path(args.out) if args.out else Path(args.model) / "eval.json"
         results = json.loads(out.read_text()) if out.is_file() else {}
-        write_report(out, {**results, "nll": report})
+        write_json(out, {**results, "nll": report})
         print(f"wrote {out}")
         if out == Path(args.model) / "eval.json" and refresh_model_card(args.model):
             print(f"updated the model card {Path(args.model) / 'README.md'}")
@@ -267,7 +263,7 @@ def main(argv: list[str] | None = None) -> None:
     out = Path(args.out) if args.out else (Path(args.model) / "eval.json" if args.model else None)
     if out is not None and (out.parent.is_dir() or args.out):
         out.parent.mkdir(parents=True, exist_ok=True)
-        write_report(out, results)
+        write_json(out, results)
         print(f"wrote {out}")
         if args.model and out == Path(args.model) / "eval.json" and refresh_model_card(args.model):
             print(f"updated the model card {Path(args.model) / 'README.md'}")

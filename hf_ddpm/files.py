@@ -6,6 +6,7 @@ or the new one under the real name, never half of one, and a resumed run never p
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Callable, Iterator
@@ -39,6 +40,11 @@ def write_atomically(path: str | Path, content: str | bytes | Callable[[Path], o
     finally:
         partial.unlink(missing_ok=True)
     return path
+
+
+def write_json(path: str | Path, obj: object) -> Path:
+    """Writes `obj` to `path` as indented JSON with a final newline, atomically."""
+    return write_atomically(path, json.dumps(obj, indent=2) + "\n")
 
 
 @contextmanager

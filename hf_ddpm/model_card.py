@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .config import Config
-from .files import write_atomically
+from .files import write_atomically, write_json
 from .samplers import SAMPLERS, SAVED_SAMPLER
 
 logger = logging.getLogger(__name__)
@@ -520,7 +520,7 @@ def _changed_shape(cfg: Config) -> str:
 
 def save_run_info(output_dir: str | Path, run: RunInfo) -> None:
     """Keeps the run's facts beside the card (`run_info.json`, not uploaded), so it can be re-rendered."""
-    (Path(output_dir) / "run_info.json").write_text(json.dumps(dataclasses.asdict(run), indent=2) + "\n")
+    write_json(Path(output_dir) / "run_info.json", dataclasses.asdict(run))
 
 
 def refresh_model_card(output_dir: str | Path, repo_id: str | None = None) -> Path | None:

@@ -13,15 +13,13 @@ above its reconstruction), `config.yaml`, `checkpoint-STEP/` and `logs/`.
 
 from __future__ import annotations
 
-import json
-
 import torch
 from accelerate.logging import get_logger
 from diffusers import AutoencoderKL
 
 from ..config import AutoencoderRunConfig
 from ..data import load_labeled_split, to_model_range, to_uint8
-from ..files import write_atomically
+from ..files import write_json
 from ..latents import AutoencoderLoss, build_autoencoder, encode_latents
 from ..objectives import draw_batch, step_generator
 from ..pipeline import save_grid
@@ -127,7 +125,7 @@ def finish(vae: AutoencoderKL, cfg: AutoencoderRunConfig, dataset) -> None:
         "latent_shape": list(latents.shape[1:]),
         **reconstruction_metrics(vae, test_images, labels, classifier),
     }
-    write_atomically(f"{output_dir}/eval.json", json.dumps(report, indent=2) + "\n")
+    write_json(f"{output_dir}/eval.json", report)
     originals = random_subset(test_images, 32, cfg.training.seed)  # splits may be sorted by class
     shape = (4, 8, *originals.shape[1:])  # 4 rows of 8 test images, each row above its reconstruction
     grid = torch.stack([originals.reshape(shape), reconstruct(vae, originals).reshape(shape)], dim=1)

@@ -20,8 +20,8 @@ from diffusers import UNet2DModel
 
 from ..config import Config
 from ..data import DatasetInfo, to_model_range
-from ..evaluate import data_floor, describe_protocol, evaluate_unet, load_reference, write_report
-from ..files import replace_folder, write_atomically
+from ..evaluate import data_floor, describe_protocol, evaluate_unet, load_reference
+from ..files import replace_folder, write_atomically, write_json
 from ..hub import HubPushError, create_repo, push_to_hub
 from ..latents import encode_dataset, load_autoencoder
 from ..model_card import RunInfo, describe_hardware, save_run_info, write_model_card
@@ -214,9 +214,7 @@ class DiffusionTrainer(TrainLoop):
                 self.best_fid = metrics["classifier_fid"]
                 with replace_folder(self.output_dir / "best") as best:
                     export_pipeline(model, self.scheduler, best, **self.components)
-                    write_atomically(
-                        best / "eval.json", json.dumps({"step": step, **metrics}, indent=2) + "\n"
-                    )
+                    write_json(best / "eval.json", {"step": step, **metrics})
         self.accelerator.log({f"eval/{k}": v for k, v in metrics.items()}, step=step)
         record = {"step": step, "train_minutes": self.clock.seconds / 60, **metrics}
         with open(self.output_dir / EVAL_LOG, "a") as f:
@@ -308,9 +306,7 @@ class DiffusionTrainer(TrainLoop):
             sampling["guidance_scale"] = training.guidance_scale
         protocol = describe_protocol(self.reference, training.eval_num_images, **sampling)
         floor = data_floor(self.reference, training.eval_num_images)
-        write_report(
-            self.output_dir / "eval.json", {"protocol": protocol, "samples": metrics, "floor": floor}
-        )
+        write_json(self.output_dir / "eval.json", {"protocol": protocol, "samples": metrics, "floor": floor})
 
 
 def _best_fid(output_dir: Path) -> float:
