@@ -54,9 +54,10 @@ def latent_run(autoencoder, tmp_path_factory, mnist_dir):
     out = tmp_path_factory.mktemp("ldm") / "ldm"
     tiny = REPO / "training" / "configs" / "tiny.yaml"
     run(accelerate_launch(REPO / "training" / "train.py", "--config", tiny,
-         "--model.preset", "latent-tiny", "--model.latent_autoencoder", autoencoder, "--dataset.path",
-         mnist_dir, "--dataset.max_samples", "512", "--training.output_dir", out,
-         "--training.max_train_steps", "20", "--training.checkpointing_steps", "10"), out.parent)  # fmt: skip
+         "--model.preset", "latent-tiny", "--model.latent_autoencoder", autoencoder,
+         "--diffusion.clip_sample", "false", "--dataset.path", mnist_dir, "--dataset.max_samples", "512",
+         "--training.output_dir", out, "--training.max_train_steps", "20",
+         "--training.checkpointing_steps", "10"), out.parent)  # fmt: skip
     return out
 
 
@@ -150,7 +151,7 @@ def test_stock_diffusers_samples_the_latent_export_like_hf_ddpm(latent_run, tmp_
 def test_a_missing_or_mismatched_autoencoder_stops_train_py_in_one_line(autoencoder, tmp_path, mnist_dir):
     train = [sys.executable, REPO / "training" / "train.py", "--config",
              REPO / "training" / "configs" / "tiny.yaml", "--model.preset", "latent-tiny",
-             "--training.output_dir", tmp_path / "out"]  # fmt: skip
+             "--diffusion.clip_sample", "false", "--training.output_dir", tmp_path / "out"]  # fmt: skip
     cases = [
         (["--model.latent_autoencoder", tmp_path / "nowhere", "--dataset.path", mnist_dir],
          "is not an AutoencoderKL folder or Hub repo"),
@@ -163,6 +164,16 @@ def test_a_missing_or_mismatched_autoencoder_stops_train_py_in_one_line(autoenco
         assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr[-2000:]
         last = result.stderr.strip().splitlines()[-1]
         assert last.startswith("error: model.latent_autoencoder") and message in last, last
+
+
+@pytest.mark.parametrize("clamp", ["--diffusion.clip_sample", "--diffusion.thresholding"])
+def test_latent_diffusion_refuses_to_clamp_x0_to_the_pixels_range(clamp):
+    ldm = REPO / "training" / "configs" / "ldm-mnist.yaml"
+    assert not load_config(ldm).diffusion.clip_sample  # the shipped config loads
+    with pytest.raises(ValueError, match="latents are unbounded .* set both false"):
+        load_config(ldm, [clamp, "true"])
+    pixels = load_config(ldm, [clamp, "true", "--model.latent_autoencoder", "null", "--model.preset", "tiny"])
+    assert getattr(pixels.diffusion, clamp.split(".")[-1])  # on pixels the clamp is the paper's
 
 
 def test_autoencoder_config_checks_channels_and_size():
