@@ -217,6 +217,8 @@ def _load_parquet_split(
     # (in memory) and as an iterator that silently yields nothing (streaming).
     if _parquet_num_rows(files) == 0:
         raise ValueError(f"split {split!r} of {folder} is empty (0 rows in {', '.join(files)})")
+    if streaming:
+        return _stream_parquet(files)
     # Only this split's files are passed, so asking for `test` never converts the 60k-row `train`.
     return _load("parquet", split, streaming, what=str(folder), data_files={split: files})
 
@@ -225,6 +227,31 @@ def _parquet_num_rows(files: list[str]) -> int:
     import pyarrow.parquet as pq
 
     return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+
+
+def _stream_parquet(files: list[str]) -> datasets.IterableDataset:
+    """Local parquet files as a streamed split, one shard per file, with the features `datasets` would give.
+
+    Not `load_dataset("parquet", streaming=True)`: `datasets` 5.2 reads each file through a Python file
+    object with `ParquetFileFragment.to_batches`, and a stream left before its end (the peek at the first
+    row, a run that stops after its last step) can then abort or hang the process when pyarrow shuts that
+    read down (apache/arrow#45214, huggingface/datasets#7357). Read from the path, pyarrow's own file, it
+    does not.
+    """
+    import pyarrow.parquet as pq
+
+    features = datasets.Features.from_arrow_schema(pq.read_schema(files[0]))
+    return datasets.IterableDataset.from_generator(
+        _parquet_rows, features=features, gen_kwargs={"files": files}
+    )
+
+
+def _parquet_rows(files: list[str]) -> Iterator[dict[str, Any]]:
+    import pyarrow.parquet as pq
+
+    for file in files:
+        for batch in pq.ParquetFile(file).iter_batches(batch_size=256):
+            yield from batch.to_pylist()
 
 
 def _load(

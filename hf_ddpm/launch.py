@@ -32,5 +32,7 @@ def accelerate_launch(
     launch += ["--num_processes", str(num_processes), "--num_cpu_threads_per_process", str(threads)]
     launch += ["--mixed_precision", mixed_precision, "--dynamo_backend", dynamo_backend]
     if num_processes > 1:
-        launch.append("--multi_gpu")  # torch.distributed with gloo on CPU
+        # torch.distributed with gloo on CPU, its rendezvous on a free port: runs started side by side (test
+        # workers, a sweep) would otherwise all race for accelerate's default 29500.
+        launch += ["--multi_gpu", "--main_process_port", "0"]
     return [*launch, str(script), *(str(a) for a in args)]
