@@ -149,6 +149,7 @@ def load_pipeline(
             scheduler = kind.from_config(config)
             id2label = index.get("id2label")
             if index["_class_name"][-1] == LatentDDPMPipeline.__name__:
+                _refuse_clamped_latents(model, config)
                 vae = AutoencoderKL.from_pretrained(model, subfolder="vae", use_safetensors=True)
                 pipeline = LatentDDPMPipeline(vae, unet, scheduler, id2label=id2label)
             else:
@@ -164,6 +165,17 @@ def load_pipeline(
     if sampler is not None:
         pipeline.scheduler = make_scheduler(sampler, pipeline.scheduler.config)
     return pipeline.to(device)
+
+
+def _refuse_clamped_latents(model: str | Path, config: dict) -> None:
+    """A latent export whose scheduler clamps x_0 to the pixels' range (what hf-ddpm wrote before it refused
+    `diffusion.clip_sample` for latent diffusion) would sample distorted latents with DDPM and DDIM."""
+    clamps = " and ".join(key for key in ("clip_sample", "thresholding") if config.get(key))
+    if clamps:
+        raise ValueError(
+            f"{model} is a latent pipeline whose scheduler clamps x_0 to the pixels' range ({clamps} true), "
+            "but its latents are unbounded: set them false in its scheduler/scheduler_config.json"
+        )
 
 
 def _refuse_pickled_weights(folder: Path, index: dict) -> None:

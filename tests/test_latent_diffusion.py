@@ -4,6 +4,7 @@ and by stock diffusers."""
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -174,6 +175,21 @@ def test_latent_diffusion_refuses_to_clamp_x0_to_the_pixels_range(clamp):
         load_config(ldm, [clamp, "true"])
     pixels = load_config(ldm, [clamp, "true", "--model.latent_autoencoder", "null", "--model.preset", "tiny"])
     assert getattr(pixels.diffusion, clamp.split(".")[-1])  # on pixels the clamp is the paper's
+
+
+@pytest.mark.parametrize("clamp", ["clip_sample", "thresholding"])
+def test_a_latent_export_that_clamps_x0_is_refused_at_load_with_the_fix(tmp_path, clamp):
+    """Exports written before the refusal above carry clip_sample true; loading one names the fix."""
+    export = tmp_path / "ldm-mnist"
+    shutil.copytree(REPO / "checkpoints" / "ldm-mnist", export)
+    assert not load_pipeline(export).scheduler.config.clip_sample  # the shipped export loads
+    scheduler_config = export / "scheduler" / "scheduler_config.json"
+    config = json.loads(scheduler_config.read_text())
+    scheduler_config.write_text(json.dumps({**config, clamp: True}))
+    with pytest.raises(
+        ValueError, match=f"clamps x_0 to the pixels' range \\({clamp} true\\).*set them false"
+    ):
+        load_pipeline(export)
 
 
 def test_autoencoder_config_checks_channels_and_size():
