@@ -3,9 +3,10 @@
     python -m hf_ddpm.evaluate --model outputs/ddpm-mnist --sampler dpm-solver --steps 20 --num-images 1000
     python -m hf_ddpm.evaluate --model outputs/ddpm-mnist --nll --nll-images 256
 
-Prints a table next to the data-vs-data floor (real train images scored the same way as the samples)
-and writes the numbers with their protocol to `--out` (default `MODEL/eval.json`, which the model card
-picks up). `--nll` computes the variational bound on the negative log-likelihood of test images in bits per
+Prints a table next to the data-vs-data floor (real train images scored the same way as the samples;
+for a latent pipeline also those images encoded and decoded by its autoencoder, `autoencoder_floor`) and
+writes the numbers with their protocol to `--out` (default `MODEL/eval.json`, which the model card picks
+up). `--nll` computes the variational bound on the negative log-likelihood of test images in bits per
 dimension instead (`hf_ddpm.likelihood`) and adds it to that file under `nll`, keeping the rest.
 """
 
@@ -112,10 +113,15 @@ def random_subset(images: torch.Tensor, n: int, seed: int = 0) -> torch.Tensor:
     return images[torch.randperm(len(images), generator=torch.Generator().manual_seed(seed))[:n]]
 
 
+def floor_images(ref: Reference, num_images: int) -> torch.Tensor:
+    """`num_images` random real train images (uint8, N, C, H, W), the same ones at every call."""
+    train_images, _, _ = load_labeled_split(ref.dataset, "train")
+    return random_subset(train_images, num_images)
+
+
 def data_floor(ref: Reference, num_images: int, inception_images: int = 0) -> dict[str, float]:
     """The metrics of `num_images` random real train images: the best a model can score at this count."""
-    train_images, _, _ = load_labeled_split(ref.dataset, "train")
-    return score(random_subset(train_images, num_images), ref, inception_images)
+    return score(floor_images(ref, num_images), ref, inception_images)
 
 
 def evaluate_unet(
@@ -169,6 +175,7 @@ def model_dataset(model: str | Path) -> str | None:
 
 
 def main(argv: list[str] | None = None) -> None:
+    from .latents import reconstruct
     from .pipeline import load_pipeline
     from .samplers import SAMPLERS
 
@@ -236,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
         ref = load_reference(dataset, args.classifier, args.device)
     except (ValueError, RuntimeError, FileNotFoundError) as err:
         parser.error(str(err))
-    sampling, guidance = {}, args.guidance_scale
+    sampling, guidance, pipeline = {}, args.guidance_scale, None
     if not args.floor_only:
         try:
             pipeline = load_pipeline(args.model, args.sampler, args.device)
@@ -248,7 +255,12 @@ def main(argv: list[str] | None = None) -> None:
                 guidance = inspect.signature(pipeline.__call__).parameters["guidance_scale"].default
             sampling["guidance_scale"] = guidance
     protocol = describe_protocol(ref, args.num_images, args.inception_images, **sampling)
-    results = {"protocol": protocol, "floor": data_floor(ref, args.num_images, args.inception_images)}
+    real = floor_images(ref, args.num_images)
+    results = {"protocol": protocol, "floor": score(real, ref, args.inception_images)}
+    if getattr(pipeline, "vae", None) is not None:
+        # A latent model draws only what its decoder can draw: the floor's images, encoded and decoded,
+        # are what a perfect latent model would score.
+        results["autoencoder_floor"] = score(reconstruct(pipeline.vae, real), ref, args.inception_images)
     if not args.floor_only:
         start = time.perf_counter()
         images, labels = sample_for_scoring(
@@ -307,8 +319,8 @@ def nll_report(model: str | Path, dataset: str, num_images: int, seed: int, batc
 
 
 def format_table(results: dict) -> str:
-    """A markdown table, one column per scored set (samples, floor)."""
-    sets = [name for name in ("samples", "floor") if name in results]
+    """A markdown table, one column per scored set (samples, floor, a latent model's autoencoder floor)."""
+    sets = [name for name in ("samples", "floor", "autoencoder_floor") if name in results]
     metrics = list(dict.fromkeys(key for name in sets for key in results[name]))
     lines = [
         "protocol: " + ", ".join(f"{k} {v}" for k, v in results["protocol"].items()),

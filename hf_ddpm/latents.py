@@ -15,7 +15,7 @@ from torch.utils.data import TensorDataset
 from tqdm.auto import tqdm
 
 from .config import AutoencoderConfig
-from .data import to_model_range
+from .data import to_model_range, to_uint8
 
 
 class AutoencoderLoss(torch.nn.Module):
@@ -79,6 +79,18 @@ def encode_latents(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 5
         for b in tqdm(batches, desc="encode", disable=len(batches) < 10)
     ]
     return torch.cat(means)
+
+
+@torch.no_grad()
+def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
+    """uint8 reconstructions of uint8 images (N, C, H, W) through the latent means."""
+    vae.eval()
+    device = next(vae.parameters()).device
+    out = []
+    for batch in images.split(batch_size):
+        latents = vae.encode(to_model_range(batch).to(device)).latent_dist.mode()
+        out.append(to_uint8(vae.decode(latents).sample).cpu())
+    return torch.cat(out)
 
 
 def encode_dataset(vae: AutoencoderKL, dataset, flip: bool) -> TensorDataset:

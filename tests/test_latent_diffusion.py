@@ -123,6 +123,19 @@ def test_latent_export_samples_28x28_images_through_the_decoder(latent_run, auto
     assert "latent space" in card and "trust_remote_code=True" in card
 
 
+def test_evaluate_scores_a_latent_model_beside_its_autoencoder_floor(latent_run, tmp_path, mnist_dir):
+    """The reconstructed floor images are what a perfect latent model would draw: worse than the real ones
+    (the autoencoder loses detail), better than 20 steps of training."""
+    out = tmp_path / "eval.json"
+    result = run([sys.executable, "-m", "hf_ddpm.evaluate", "--model", latent_run, "--dataset", mnist_dir,
+                  "--num-images", "100", "--steps", "3", "--out", out], tmp_path)  # fmt: skip
+    assert "| metric | samples | floor | autoencoder_floor |" in result.stdout
+    report = json.loads(out.read_text())
+    samples, floor, decoded = report["samples"], report["floor"], report["autoencoder_floor"]
+    assert floor["classifier_fid"] < decoded["classifier_fid"] < samples["classifier_fid"]
+    assert decoded["legibility"] < floor["legibility"]
+
+
 STOCK = textwrap.dedent(
     """
     import sys

@@ -18,9 +18,9 @@ from accelerate.logging import get_logger
 from diffusers import AutoencoderKL
 
 from ..config import AutoencoderRunConfig
-from ..data import load_labeled_split, to_model_range, to_uint8
+from ..data import load_labeled_split, to_model_range
 from ..files import write_json
-from ..latents import AutoencoderLoss, build_autoencoder, encode_latents
+from ..latents import AutoencoderLoss, build_autoencoder, encode_latents, reconstruct
 from ..objectives import draw_batch, step_generator
 from ..pipeline import save_grid
 from .loop import TrainLoop
@@ -69,18 +69,6 @@ class AutoencoderTrainer(TrainLoop):
     def export(self) -> None:
         """The autoencoder with its scaling_factor, the test split's reconstruction numbers, the grid."""
         self.on_main_process(lambda: finish(self.ema_model(self.unwrapped_model), self.cfg, self.dataset))
-
-
-@torch.no_grad()
-def reconstruct(vae: AutoencoderKL, images: torch.Tensor, batch_size: int = 500) -> torch.Tensor:
-    """uint8 reconstructions of uint8 images (N, C, H, W) through the latent means."""
-    vae.eval()
-    device = next(vae.parameters()).device
-    out = []
-    for batch in images.split(batch_size):
-        latents = vae.encode(to_model_range(batch).to(device)).latent_dist.mode()
-        out.append(to_uint8(vae.decode(latents).sample).cpu())
-    return torch.cat(out)
 
 
 def reconstruction_metrics(
