@@ -14,7 +14,8 @@ Everything timed is measured in the same run on this machine, each model after w
   autoencoder's own step (`--autoencoder-config`'s model and batch) is timed too: training it is a
   cost the latent model pays once, on top of that budget.
 - sampling: 64 images with DPM-Solver++ (20 steps), decoding included.
-- quality: classifier-FID, legibility and class entropy from each model's eval.json (same protocol).
+- quality: classifier-FID, legibility, class entropy and Inception FID from each model's eval.json (same
+  protocol), beside the data floor and, where the latent model's eval.json has it, its autoencoder floor.
 """
 
 from __future__ import annotations
@@ -131,14 +132,25 @@ def main() -> None:
     print("| model | UNet parameters | autoencoder parameters | step (ms) | sampling 64 images (s) "
           "| classifier-FID | legibility | class entropy | Inception FID |")  # fmt: skip
     print("|---|---|---|---|---|---|---|---|---|")
+    reports = {}
     for name, model, step in (("pixel", args.pixel, t_pixel), ("latent", args.latent, t_latent)):
         folder = Path(model)
-        metrics = json.loads((folder / "eval.json").read_text())["samples"]
+        reports[name] = json.loads((folder / "eval.json").read_text())
         vae = parameters(folder / "vae") if (folder / "vae").is_dir() else 0
         print(f"| {name} `{model}` | {parameters(folder / 'unet'):,} | {vae:,} | {step * 1000:.1f} | "
-              f"{sampling_seconds(model):.1f} | {metrics['classifier_fid']:.1f} | "
-              f"{metrics['legibility']:.3f} | {metrics['class_entropy']:.3f} | "
-              f"{metrics.get('inception_fid', float('nan')):.1f} |", flush=True)  # fmt: skip
+              f"{sampling_seconds(model):.1f} | {quality(reports[name]['samples'])}", flush=True)  # fmt: skip
+    print(f"| data floor (train vs test) | | | | | {quality(reports['pixel']['floor'])}")
+    decoded = reports["latent"].get("autoencoder_floor")  # what a perfect latent model would score
+    if decoded:
+        print(f"| the same images through the autoencoder | | | | | {quality(decoded)}")
+
+
+def quality(metrics: dict) -> str:
+    """The four quality cells of a table row, from one scored set of an eval.json."""
+    return (
+        f"{metrics['classifier_fid']:.1f} | {metrics['legibility']:.3f} | {metrics['class_entropy']:.3f} | "
+        f"{metrics.get('inception_fid', float('nan')):.1f} |"
+    )
 
 
 if __name__ == "__main__":
