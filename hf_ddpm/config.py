@@ -58,6 +58,10 @@ class ModelConfig:
     # training/train_autoencoder.py). The data are encoded once, the UNet (a `latent-*` preset) learns the
     # scaled latents, and the export is pipelines/latent_ddpm.py's pipeline. None: diffusion on pixels.
     latent_autoencoder: str | None = None
+    # Fine-tuning: a pipeline folder or Hub repo whose UNet weights start training (diffusers' examples'
+    # `--pretrained_model_name_or_path`). Its shape must be this config's; a class-conditional model may start
+    # from an unconditional one, its class embedding at zero so that every class begins as that model.
+    pretrained_model_name_or_path: str | None = None
 
     def unet_kwargs(self) -> dict[str, Any]:
         """The keyword arguments of `hf_ddpm.models.build_unet` besides the preset and the image geometry."""

@@ -114,11 +114,13 @@ def write_model_card(
     kind = (
         ["class-conditional", "classifier-free-guidance"] if id2label else ["unconditional-image-generation"]
     )
+    pretrained = cfg.model.pretrained_model_name_or_path
     data = ModelCardData(
         library_name="diffusers",
         pipeline_tag="unconditional-image-generation",
         license=licence,
         datasets=[name] if "/" in name else None,
+        base_model=pretrained if pretrained and not Path(pretrained).exists() else None,  # Hub ids only
         tags=[
             "diffusers",
             f"diffusers:{pipeline_class}",
@@ -374,6 +376,11 @@ def _training_rows(
                 )
             ]
             if vae
+            else []
+        ),
+        *(
+            [("Initial weights", f"the UNet of `{cfg.model.pretrained_model_name_or_path}`, fine-tuned")]
+            if cfg.model.pretrained_model_name_or_path
             else []
         ),
         ("Random flips", "yes" if cfg.dataset.random_flip else "no"),

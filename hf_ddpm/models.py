@@ -152,3 +152,35 @@ def build_unet(preset: str, sample_size: int = 28, in_channels: int = 1, **overr
     config = unet_config(preset, sample_size, in_channels, **overrides)
     config["block_out_channels"] = tuple(config["block_out_channels"])
     return UNet2DModel(**config)
+
+
+def load_pretrained_weights(unet, source: str) -> None:
+    """Copies the weights of the UNet in `source` (a pipeline folder or Hub repo, its `unet/` subfolder) into
+    `unet`, which must have the same shape. The one exception: a class-conditional `unet` may start from an
+    unconditional UNet; its class embedding is set to zero, so every class, the null class included, starts as
+    the unconditional model and guidance starts as a no-op."""
+    import torch
+    from diffusers import UNet2DModel
+
+    name = "model.pretrained_model_name_or_path"
+    try:
+        pretrained = UNet2DModel.from_pretrained(source, subfolder="unet").state_dict()
+    except (OSError, ValueError) as err:
+        raise ValueError(
+            f"{name} {source!r} holds no UNet2DModel in unet/: give an exported pipeline"
+        ) from err
+    ours = unet.state_dict()
+    missing = set(ours) - set(pretrained) - {"class_embedding.weight"}
+    different = sorted(
+        (set(pretrained) - set(ours))
+        | missing
+        | {k for k in set(ours) & set(pretrained) if ours[k].shape != pretrained[k].shape}
+    )
+    if different:
+        raise ValueError(
+            f"{name} {source!r} has a UNet of another shape ({len(different)} tensors differ, first "
+            f"{different[0]!r}): set model.preset and its shape keys to the pretrained model's"
+        )
+    unet.load_state_dict(pretrained, strict=False)
+    if "class_embedding.weight" not in pretrained and "class_embedding.weight" in ours:
+        torch.nn.init.zeros_(unet.class_embedding.weight)

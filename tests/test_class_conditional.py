@@ -18,7 +18,7 @@ from safetensors.torch import load_file
 
 from hf_ddpm.launch import accelerate_launch
 from hf_ddpm.metrics import within_class_spread
-from hf_ddpm.models import build_unet
+from hf_ddpm.models import build_unet, load_pretrained_weights
 from hf_ddpm.pipeline import balanced_labels, load_pipeline
 from hf_ddpm.pipelines.class_conditional_ddpm import ClassConditionalDDPMPipeline
 
@@ -288,6 +288,34 @@ def test_class_conditional_needs_a_class_label_column(tmp_path, mnist_dir):
     assert (
         "error: model.class_conditional needs class labels, but dataset.label_column 'digit'" in result.stderr
     )
+    assert "Traceback" not in result.stderr
+
+
+def test_a_class_conditional_unet_starts_as_the_unconditional_one_it_fine_tunes(tmp_path):
+    """Every class, the null class too, starts as the pretrained model: the same output, bit for bit."""
+    torch.manual_seed(0)
+    plain = build_unet("tiny")
+    plain.save_pretrained(tmp_path / "unet")
+    conditional = build_unet("tiny", num_class_embeds=11)
+    load_pretrained_weights(conditional, str(tmp_path))
+    x, t = torch.randn(4, 1, 28, 28), torch.tensor([0, 200, 500, 999])
+    with torch.no_grad():
+        expected = plain(x, t).sample
+        for label in [0, 9, NULL]:
+            assert torch.equal(conditional(x, t, class_labels=torch.full((4,), label)).sample, expected)
+
+
+@pytest.mark.parametrize(
+    "preset, message", [("small", "has a UNet of another shape"), (None, "holds no UNet2DModel in unet/")]
+)
+def test_fine_tuning_from_a_unet_that_does_not_fit_fails_in_one_line(tmp_path, mnist_dir, preset, message):
+    pretrained = tmp_path / "pretrained"
+    if preset:
+        build_unet(preset).save_pretrained(pretrained / "unet")
+    args = train_args(tmp_path / "x", mnist_dir, "--model.pretrained_model_name_or_path", pretrained)
+    result = run([sys.executable, *args], tmp_path, ok=False)
+    assert result.returncode != 0
+    assert f"error: model.pretrained_model_name_or_path '{pretrained}' {message}" in result.stderr
     assert "Traceback" not in result.stderr
 
 

@@ -25,7 +25,7 @@ from ..files import replace_folder, write_atomically, write_json
 from ..hub import HubPushError, create_repo, push_to_hub
 from ..latents import encode_dataset, load_autoencoder
 from ..model_card import RunInfo, describe_hardware, save_run_info, write_model_card
-from ..models import build_unet
+from ..models import build_unet, load_pretrained_weights
 from ..objectives import draw_batch, training_loss
 from ..pipeline import (
     export_pipeline,
@@ -123,6 +123,8 @@ class DiffusionTrainer(TrainLoop):
                 **cfg.model.unet_kwargs(),
                 **conditioning,
             )
+            if cfg.model.pretrained_model_name_or_path:
+                load_pretrained_weights(unet, cfg.model.pretrained_model_name_or_path)
         except ValueError as err:
             raise TrainingError(str(err)) from err
         if cfg.training.channels_last:
