@@ -164,10 +164,10 @@ def load_pretrained_weights(unet, source: str) -> None:
 
     name = "model.pretrained_model_name_or_path"
     try:
-        pretrained = UNet2DModel.from_pretrained(source, subfolder="unet").state_dict()
+        pretrained = UNet2DModel.from_pretrained(source, subfolder="unet", use_safetensors=True).state_dict()
     except (OSError, ValueError) as err:
         raise ValueError(
-            f"{name} {source!r} holds no UNet2DModel in unet/: give an exported pipeline"
+            f"{name} {source!r} holds no UNet2DModel in unet/: give an exported pipeline (safetensors)"
         ) from err
     ours = unet.state_dict()
     missing = set(ours) - set(pretrained) - {"class_embedding.weight"}

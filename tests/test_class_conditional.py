@@ -305,6 +305,13 @@ def test_a_class_conditional_unet_starts_as_the_unconditional_one_it_fine_tunes(
             assert torch.equal(conditional(x, t, class_labels=torch.full((4,), label)).sample, expected)
 
 
+def test_fine_tuning_never_unpickles_weights(tmp_path):
+    build_unet("tiny").save_pretrained(tmp_path / "unet", safe_serialization=False)
+    assert (tmp_path / "unet" / "diffusion_pytorch_model.bin").is_file()
+    with pytest.raises(ValueError, match="holds no UNet2DModel in unet/: give an exported pipeline"):
+        load_pretrained_weights(build_unet("tiny"), str(tmp_path))
+
+
 @pytest.mark.parametrize(
     "preset, message", [("small", "has a UNet of another shape"), (None, "holds no UNet2DModel in unet/")]
 )
